@@ -1,0 +1,45 @@
+// The problem one attention call solves, shared by every kernel family (cpu/, sm80/, sm90/).
+//
+// Layout (row-major, contiguous):
+//   q  [B, Sq, Hq, D]     k, v [B, Sk, Hk, D]     o [B, Sq, Hq, D]     lse [B, Hq, Sq] (float32, natural log)
+// Query head h reads kv head h / (Hq / Hk) (GQA/MQA without repeating K/V).
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define JF_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define JF_HOST_DEVICE inline
+#endif
+
+namespace jax_flash {
+
+// A window bound of kUnbounded means "no limit on that side".
+constexpr int64_t kUnbounded = -1;
+
+struct AttentionParams {
+  int64_t batch = 0;
+  int64_t seqlen_q = 0;
+  int64_t seqlen_k = 0;
+  int64_t heads_q = 0;
+  int64_t heads_k = 0;
+  int64_t head_dim = 0;
+
+  float softmax_scale = 1.0f;
+  // softcap > 0 replaces each score s by softcap * tanh(s / softcap) before the softmax.
+  float softcap = 0.0f;
+  // Bottom-right aligned window: query i sees keys j with
+  //   i + Sk - Sq - window_left <= j <= i + Sk - Sq + window_right.
+  // Causal is window_right = 0. kUnbounded on a side removes that bound.
+  int64_t window_left = kUnbounded;
+  int64_t window_right = kUnbounded;
+
+  JF_HOST_DEVICE int64_t group_size() const { return heads_q / heads_k; }
+  JF_HOST_DEVICE int64_t kv_head(int64_t q_head) const { return q_head / group_size(); }
+  // Element strides of one sequence position in q/o and in k/v.
+  JF_HOST_DEVICE int64_t q_row_stride() const { return heads_q * head_dim; }
+  JF_HOST_DEVICE int64_t kv_row_stride() const { return heads_k * head_dim; }
+};
+
+}  // namespace jax_flash

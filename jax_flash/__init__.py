@@ -1,0 +1,12 @@
+"""jax_flash: exact attention for JAX at FlashAttention speed.
+
+    import jax_flash
+    o = jax_flash.attention(q, k, v, causal=True)   # q [B, Sq, Hq, D], k/v [B, Sk, Hk, D]
+"""
+
+from jax_flash._ffi import build_info, has_cuda
+from jax_flash.attention import attention
+from jax_flash.reference import reference_attention
+
+__all__ = ["attention", "build_info", "has_cuda", "reference_attention"]
+__version__ = "0.1.0"

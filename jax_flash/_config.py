@@ -1,0 +1,30 @@
+"""The static (trace-time) parameters of one attention call, as the custom calls receive them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+UNBOUNDED = -1  # a window bound of -1 means no limit on that side
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+  """Hashable static arguments shared by the forward and backward custom calls.
+
+  Attributes:
+    softmax_scale: multiplies q·k before the softmax.
+    causal: bottom-right aligned causal mask (query i sees keys j <= i + Sk - Sq).
+    window_left, window_right: bottom-right aligned sliding window; -1 is unbounded. With ``causal`` the right
+      bound is 0.
+    softcap: when > 0, scores s become softcap * tanh(s / softcap).
+  """
+
+  softmax_scale: float
+  causal: bool = False
+  window_left: int = UNBOUNDED
+  window_right: int = UNBOUNDED
+  softcap: float = 0.0
+
+  @property
+  def effective_window_right(self) -> int:
+    return 0 if self.causal else self.window_right

@@ -1,0 +1,102 @@
+"""The bridge to the compiled extension: registers its FFI targets with XLA and builds the custom calls."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_flash._config import AttentionConfig
+
+try:
+  from jax_flash import _jax_flash_ext as _ext
+except ImportError as e:  # pragma: no cover - only when the package was not built
+  raise ImportError(
+      "jax_flash's compiled extension (_jax_flash_ext) is missing: install the package with `pip install .` "
+      "from its source tree rather than importing it from an unbuilt checkout."
+  ) from e
+
+FWD_TARGET = "jax_flash_fwd"
+BWD_TARGET = "jax_flash_bwd"
+
+# Platforms with a handler in this build, e.g. {"cpu"} or {"cpu", "CUDA"}.
+_PLATFORMS: set[str] = set()
+for _name, _handlers in _ext.registrations().items():
+  for _platform, _capsule in _handlers.items():
+    jax.ffi.register_ffi_target(_name, _capsule, platform=_platform)
+    _PLATFORMS.add(_platform)
+
+
+def has_cuda() -> bool:
+  """True when this build carries CUDA kernels."""
+  return "CUDA" in _PLATFORMS
+
+
+def build_info() -> dict[str, object]:
+  """What this build of the extension contains."""
+  archs = _ext.cuda_archs()
+  head_dims = _ext.cuda_head_dims()
+  return {
+      "platforms": sorted(_PLATFORMS),
+      "cuda_archs": archs.split(",") if archs else [],
+      "cuda_head_dims": [int(d) for d in head_dims.split(",")] if head_dims else [],
+  }
+
+
+def check_platform_supported() -> None:
+  """Raises at trace time when the default backend is a GPU but this build has no CUDA kernels."""
+  backend = jax.default_backend()
+  if backend == "gpu" and not has_cuda():
+    raise RuntimeError(
+        "jax_flash was built without CUDA kernels (no nvcc was found when it was installed), but JAX's default "
+        "backend is a GPU. Reinstall on a machine with the CUDA toolkit (`pip install .`), or run on the CPU "
+        "(e.g. inside `with jax.default_device(jax.devices('cpu')[0]):`)."
+    )
+
+
+def _attrs(config: AttentionConfig) -> dict[str, object]:
+  return dict(
+      softmax_scale=np.float32(config.softmax_scale),
+      causal=bool(config.causal),
+      window_left=np.int64(config.window_left),
+      window_right=np.int64(config.window_right),
+      softcap=np.float32(config.softcap),
+  )
+
+
+def _stats_shape(q: jax.Array) -> jax.ShapeDtypeStruct:
+  batch, seqlen_q, heads_q, _ = q.shape
+  return jax.ShapeDtypeStruct((batch, heads_q, seqlen_q), jnp.float32)
+
+
+def forward(q: jax.Array, k: jax.Array, v: jax.Array, config: AttentionConfig) -> tuple[jax.Array, jax.Array]:
+  """o [B, Sq, Hq, D] (q's dtype) and lse [B, Hq, Sq] (float32) from q [B, Sq, Hq, D], k, v [B, Sk, Hk, D]."""
+  call = jax.ffi.ffi_call(
+      FWD_TARGET,
+      (jax.ShapeDtypeStruct(q.shape, q.dtype), _stats_shape(q)),
+      vmap_method="sequential",
+  )
+  return call(q, k, v, **_attrs(config))
+
+
+def backward(
+    dout: jax.Array,
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    o: jax.Array,
+    lse: jax.Array,
+    dlse: jax.Array,
+    config: AttentionConfig,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """dq [B, Sq, Hq, D], dk, dv [B, Sk, Hk, D] from the cotangents of o and lse and the forward's residuals."""
+  call = jax.ffi.ffi_call(
+      BWD_TARGET,
+      (
+          jax.ShapeDtypeStruct(q.shape, q.dtype),
+          jax.ShapeDtypeStruct(k.shape, k.dtype),
+          jax.ShapeDtypeStruct(v.shape, v.dtype),
+      ),
+      vmap_method="sequential",
+  )
+  return call(dout, q, k, v, o, lse, dlse, **_attrs(config))
