@@ -17,6 +17,9 @@ class AttentionConfig:
     window_left, window_right: bottom-right aligned sliding window; -1 is unbounded. With ``causal`` the right
       bound is 0.
     softcap: when > 0, scores s become softcap * tanh(s / softcap).
+    diagonal_offset: internal (not in the public API): shifts the diagonal that causal and window bounds are
+      measured from, to i + Sk - Sq + diagonal_offset. Ring attention uses it to place a block of keys at its
+      global position relative to the local queries.
   """
 
   softmax_scale: float
@@ -24,6 +27,7 @@ class AttentionConfig:
   window_left: int = UNBOUNDED
   window_right: int = UNBOUNDED
   softcap: float = 0.0
+  diagonal_offset: int = 0
 
   @property
   def effective_window_right(self) -> int:

@@ -61,6 +61,7 @@ def _attrs(config: AttentionConfig) -> dict[str, object]:
       window_left=np.int64(config.window_left),
       window_right=np.int64(config.window_right),
       softcap=np.float32(config.softcap),
+      diagonal_offset=np.int64(config.diagonal_offset),
   )
 
 

@@ -19,7 +19,7 @@ def visible_mask(seqlen_q: int, seqlen_k: int, config: AttentionConfig) -> jax.A
   """[Sq, Sk] boolean: True where query i sees key j (causal and window bounds, bottom-right aligned)."""
   rows = jnp.arange(seqlen_q)[:, None]
   cols = jnp.arange(seqlen_k)[None, :]
-  diagonal = rows + (seqlen_k - seqlen_q)
+  diagonal = rows + (seqlen_k - seqlen_q + config.diagonal_offset)
   visible = jnp.ones((seqlen_q, seqlen_k), dtype=bool)
   if config.window_left != UNBOUNDED:
     visible &= cols >= diagonal - config.window_left

@@ -29,12 +29,16 @@ struct AttentionParams {
   float softmax_scale = 1.0f;
   // softcap > 0 replaces each score s by softcap * tanh(s / softcap) before the softmax.
   float softcap = 0.0f;
-  // Bottom-right aligned window: query i sees keys j with
-  //   i + Sk - Sq - window_left <= j <= i + Sk - Sq + window_right.
-  // Causal is window_right = 0. kUnbounded on a side removes that bound.
+  // Bottom-right aligned window: with the diagonal of row i at c(i) = i + Sk - Sq + diagonal_offset, query i sees
+  // keys j with c(i) - window_left <= j <= c(i) + window_right. Causal is window_right = 0; kUnbounded on a side
+  // removes that bound. diagonal_offset is 0 for the public API; ring attention uses it to place a block of keys
+  // at its global position relative to the block of queries.
   int64_t window_left = kUnbounded;
   int64_t window_right = kUnbounded;
+  int64_t diagonal_offset = 0;
 
+  // Key index on the diagonal of query row `row`.
+  JF_HOST_DEVICE int64_t diagonal(int64_t row) const { return row + seqlen_k - seqlen_q + diagonal_offset; }
   JF_HOST_DEVICE int64_t group_size() const { return heads_q / heads_k; }
   JF_HOST_DEVICE int64_t kv_head(int64_t q_head) const { return q_head / group_size(); }
   // Element strides of one sequence position in q/o and in k/v.

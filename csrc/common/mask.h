@@ -21,7 +21,7 @@ JF_HOST_DEVICE int64_t jf_max(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // Keys visible to query row `row`. Both ends are nondecreasing in `row`.
 JF_HOST_DEVICE IndexRange visible_keys(const AttentionParams& p, int64_t row) {
-  const int64_t diagonal = row + p.seqlen_k - p.seqlen_q;
+  const int64_t diagonal = p.diagonal(row);
   const int64_t begin = p.window_left == kUnbounded ? 0 : jf_max(0, diagonal - p.window_left);
   const int64_t end = p.window_right == kUnbounded ? p.seqlen_k : jf_min(p.seqlen_k, diagonal + p.window_right + 1);
   return {begin, jf_max(begin, end)};
@@ -39,7 +39,7 @@ JF_HOST_DEVICE bool block_fully_visible(const AttentionParams& p, IndexRange row
 
 // Query rows that see at least one key of the key block [keys.begin, keys.end).
 JF_HOST_DEVICE IndexRange visible_queries(const AttentionParams& p, IndexRange keys) {
-  const int64_t offset = p.seqlen_k - p.seqlen_q;
+  const int64_t offset = p.diagonal(0);
   // Row i sees key j iff j - offset - window_right <= i <= j - offset + window_left.
   const int64_t begin = p.window_right == kUnbounded ? 0 : jf_max(0, keys.begin - offset - p.window_right);
   const int64_t end =

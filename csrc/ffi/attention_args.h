@@ -20,6 +20,7 @@ struct MaskAttrs {
   int64_t window_left;
   int64_t window_right;
   float softcap;
+  int64_t diagonal_offset;
 };
 
 template <typename Buffer>
@@ -61,6 +62,7 @@ inline ffi::Error make_params(const ffi::AnyBuffer& q, const ffi::AnyBuffer& k, 
   params.softcap = attrs.softcap;
   params.window_left = attrs.window_left;
   params.window_right = attrs.causal ? 0 : attrs.window_right;
+  params.diagonal_offset = attrs.diagonal_offset;
   return ffi::Error::Success();
 }
 
@@ -96,4 +98,5 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(jax_flash::ffi_args::MaskAttrs,
                                       xla::ffi::StructMember<bool>("causal"),
                                       xla::ffi::StructMember<int64_t>("window_left"),
                                       xla::ffi::StructMember<int64_t>("window_right"),
-                                      xla::ffi::StructMember<float>("softcap"));
+                                      xla::ffi::StructMember<float>("softcap"),
+                                      xla::ffi::StructMember<int64_t>("diagonal_offset"));
