@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 # Relative-error bounds ‖out − ref‖ / ‖ref‖ against the float64 reference, by input dtype: float32 arithmetic
-# lands far below 1e-4; 16-bit inputs are bounded by their rounding of o (and of dq/dk/dv).
-RTOL = {jnp.float32: 2e-5, jnp.float16: 2e-3, jnp.bfloat16: 1.6e-2}
+# lands near 5e-7; 16-bit results are dominated by the final rounding of o (and of dq/dk/dv) to the dtype:
+# about 2e-4 for float16 and 2e-3 for bfloat16 (measured), so the bounds leave a margin of about 4x.
+RTOL = {jnp.float32: 5e-6, jnp.float16: 1e-3, jnp.bfloat16: 8e-3}
 
 _seed = itertools.count(int(np.random.SeedSequence().entropy % (2**31)))
 
