@@ -35,37 +35,35 @@ def _scores(q, k, scale, softcap):
   return x, np.full_like(x, scale)
 
 
-def forward(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1), softcap=0.0):
-  """o [B, Sq, Hq, D] and lse [B, Hq, Sq] in float64."""
-  q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+def _softmax(q, k, causal, softmax_scale, window_size, softcap):
+  """Probabilities p [B, H, Sq, Sk] (0 where masked), lse [B, H, Sq] and ds/dx, for k already expanded to Hq heads."""
   scale = 1.0 / np.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
-  k, v = _expand_kv(k, q.shape[2]), _expand_kv(v, q.shape[2])
-  s, _ = _scores(q, k, scale, softcap)
-  mask = visible(q.shape[1], k.shape[1], causal, window_size)
-  s = np.where(mask, s, -np.inf)
-  m = np.max(s, axis=-1, keepdims=True)
-  m = np.where(np.isfinite(m), m, 0.0)
-  p = np.where(mask, np.exp(s - m), 0.0)
-  l = p.sum(-1, keepdims=True)
-  o = np.einsum("bhqk,bkhd->bqhd", p / np.where(l > 0, l, 1.0), v)
-  lse = np.where(l > 0, m + np.log(np.where(l > 0, l, 1.0)), -np.inf)[..., 0]
-  return o, lse
-
-
-def backward(q, k, v, dout, dlse=None, *, causal=False, softmax_scale=None, window_size=(-1, -1), softcap=0.0):
-  """dq, dk, dv in float64 for the cotangent dout of o (and dlse of lse); dk, dv summed over each GQA group."""
-  q, k, v, dout = (np.asarray(a, dtype=np.float64) for a in (q, k, v, dout))
-  heads_q, heads_k = q.shape[2], k.shape[2]
-  scale = 1.0 / np.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
-  ke, ve = _expand_kv(k, heads_q), _expand_kv(v, heads_q)
-  s, ds_dx = _scores(q, ke, scale, softcap)
+  s, ds_dx = _scores(q, k, scale, softcap)
   mask = visible(q.shape[1], k.shape[1], causal, window_size)
   s = np.where(mask, s, -np.inf)
   m = np.max(s, axis=-1, keepdims=True)
   m = np.where(np.isfinite(m), m, 0.0)
   e = np.where(mask, np.exp(s - m), 0.0)
   l = e.sum(-1, keepdims=True)
-  p = e / np.where(l > 0, l, 1.0)
+  safe_l = np.where(l > 0, l, 1.0)
+  lse = np.where(l > 0, m + np.log(safe_l), -np.inf)[..., 0]
+  return e / safe_l, lse, ds_dx
+
+
+def forward(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1), softcap=0.0):
+  """o [B, Sq, Hq, D] and lse [B, Hq, Sq] in float64."""
+  q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+  k, v = _expand_kv(k, q.shape[2]), _expand_kv(v, q.shape[2])
+  p, lse, _ = _softmax(q, k, causal, softmax_scale, window_size, softcap)
+  return np.einsum("bhqk,bkhd->bqhd", p, v), lse
+
+
+def backward(q, k, v, dout, dlse=None, *, causal=False, softmax_scale=None, window_size=(-1, -1), softcap=0.0):
+  """dq, dk, dv in float64 for the cotangent dout of o (and dlse of lse); dk, dv summed over each GQA group."""
+  q, k, v, dout = (np.asarray(a, dtype=np.float64) for a in (q, k, v, dout))
+  heads_q, heads_k = q.shape[2], k.shape[2]
+  ke, ve = _expand_kv(k, heads_q), _expand_kv(v, heads_q)
+  p, _, ds_dx = _softmax(q, ke, causal, softmax_scale, window_size, softcap)
   o = np.einsum("bhqk,bkhd->bqhd", p, ve)
   dp = np.einsum("bqhd,bkhd->bhqk", dout, ve)
   delta = np.einsum("bqhd,bqhd->bhq", dout, o)[..., None]

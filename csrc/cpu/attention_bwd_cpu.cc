@@ -227,11 +227,7 @@ void attention_backward(ElementType type, const AttentionParams& params, const v
                                 dlse, static_cast<T*>(dq), static_cast<T*>(dk), static_cast<T*>(dv), delta.data()},
              parallel_for);
   };
-  switch (type) {
-    case ElementType::kFloat32: run(float{}); break;
-    case ElementType::kFloat16: run(Float16{}); break;
-    case ElementType::kBFloat16: run(BFloat16{}); break;
-  }
+  dispatch_element_type(type, run);
 }
 
 }  // namespace jax_flash::cpu

@@ -7,10 +7,9 @@
 #include <functional>
 
 #include "common/attention_params.h"
+#include "cpu/element_types.h"
 
 namespace jax_flash::cpu {
-
-enum class ElementType { kFloat32, kFloat16, kBFloat16 };
 
 // Calls task(i) once for every i in [0, count), possibly concurrently; returns when all calls have returned.
 using ParallelFor = std::function<void(int64_t count, const std::function<void(int64_t)>& task)>;

@@ -160,11 +160,7 @@ void attention_forward(ElementType type, const AttentionParams& params, const vo
                               static_cast<T*>(o), lse},
             parallel_for);
   };
-  switch (type) {
-    case ElementType::kFloat32: run(float{}); break;
-    case ElementType::kFloat16: run(Float16{}); break;
-    case ElementType::kBFloat16: run(BFloat16{}); break;
-  }
+  dispatch_element_type(type, run);
 }
 
 }  // namespace jax_flash::cpu

@@ -75,4 +75,16 @@ inline Float16 from_float<Float16>(float x) {
   return {static_cast<uint16_t>(sign | ((rebased + rounding) >> 13))};
 }
 
+enum class ElementType { kFloat32, kFloat16, kBFloat16 };
+
+// Calls fn(T{}) with T the storage type that `type` names (float, Float16 or BFloat16).
+template <typename Fn>
+void dispatch_element_type(ElementType type, Fn&& fn) {
+  switch (type) {
+    case ElementType::kFloat32: fn(float{}); break;
+    case ElementType::kFloat16: fn(Float16{}); break;
+    case ElementType::kBFloat16: fn(BFloat16{}); break;
+  }
+}
+
 }  // namespace jax_flash::cpu
