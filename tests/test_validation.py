@@ -126,3 +126,11 @@ def test_numpy_scalars_are_accepted_as_static_arguments():
 def test_errors_name_the_argument_for_reference_attention_too():
   with pytest.raises(ValueError, match=re.escape("q must have rank 4")):
     jax_flash.reference_attention(Q[0], KV, KV)
+
+
+def test_gpu_backend_without_cuda_kernels_raises_a_clear_error(monkeypatch):
+  from jax_flash import _ffi
+  monkeypatch.setattr(_ffi, "has_cuda", lambda: False)
+  monkeypatch.setattr(_ffi.jax, "default_backend", lambda: "gpu")
+  with pytest.raises(RuntimeError, match=r"built without CUDA kernels .* default backend is a GPU"):
+    jax_flash.attention(Q, KV, KV)
