@@ -65,16 +65,30 @@ def _attrs(config: AttentionConfig) -> dict[str, object]:
   )
 
 
-def _stats_shape(q: jax.Array) -> jax.ShapeDtypeStruct:
+def _result(shape: tuple[int, ...], dtype, operands: tuple[jax.Array, ...]) -> jax.ShapeDtypeStruct:
+  """A result type. Inside shard_map it varies over the manual mesh axes that the operands vary over, as
+  the per-shard results do (an ffi_call's results are otherwise typed as equal on all shards)."""
+  varying = frozenset().union(*(jax.typeof(x).manual_axis_type.varying for x in operands))
+  if not varying:
+    return jax.ShapeDtypeStruct(shape, dtype)
+  return jax.ShapeDtypeStruct(
+      shape,
+      dtype,
+      sharding=jax.sharding.NamedSharding(jax.sharding.get_abstract_mesh(), jax.sharding.PartitionSpec()),
+      manual_axis_type=jax.sharding.ManualAxisType(varying=varying),
+  )
+
+
+def _stats_shape(q: jax.Array, operands: tuple[jax.Array, ...]) -> jax.ShapeDtypeStruct:
   batch, seqlen_q, heads_q, _ = q.shape
-  return jax.ShapeDtypeStruct((batch, heads_q, seqlen_q), jnp.float32)
+  return _result((batch, heads_q, seqlen_q), jnp.float32, operands)
 
 
 def forward(q: jax.Array, k: jax.Array, v: jax.Array, config: AttentionConfig) -> tuple[jax.Array, jax.Array]:
   """o [B, Sq, Hq, D] (q's dtype) and lse [B, Hq, Sq] (float32) from q [B, Sq, Hq, D], k, v [B, Sk, Hk, D]."""
   call = jax.ffi.ffi_call(
       FWD_TARGET,
-      (jax.ShapeDtypeStruct(q.shape, q.dtype), _stats_shape(q)),
+      (_result(q.shape, q.dtype, (q, k, v)), _stats_shape(q, (q, k, v))),
       vmap_method="sequential",
   )
   return call(q, k, v, **_attrs(config))
@@ -91,13 +105,10 @@ def backward(
     config: AttentionConfig,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """dq [B, Sq, Hq, D], dk, dv [B, Sk, Hk, D] from the cotangents of o and lse and the forward's residuals."""
+  operands = (dout, q, k, v, o, lse, dlse)
   call = jax.ffi.ffi_call(
       BWD_TARGET,
-      (
-          jax.ShapeDtypeStruct(q.shape, q.dtype),
-          jax.ShapeDtypeStruct(k.shape, k.dtype),
-          jax.ShapeDtypeStruct(v.shape, v.dtype),
-      ),
+      tuple(_result(x.shape, x.dtype, operands) for x in (q, k, v)),
       vmap_method="sequential",
   )
-  return call(dout, q, k, v, o, lse, dlse, **_attrs(config))
+  return call(*operands, **_attrs(config))
