@@ -42,20 +42,22 @@ AxisNames = tuple[str, ...]
 class _Kind(enum.Enum):
   """The role of one operand or result; its value is its Shardy factor mapping, `{heads}` the query-head axis.
 
-  Factors: b batch, sq/sk query/key sequence, k kv heads, g query heads per kv head, d head_dim, c the words of
-  the configuration key. The query head axis is (k g) where the mesh allows (`_query_heads_factors`).
+  Factors: ... the leading batch dimensions (one or more: vmap adds them), sq/sk query/key sequence, k kv heads,
+  g query heads per kv head, d head_dim, c the words of the configuration key. The query head axis is (k g)
+  where the mesh allows (`_query_heads_factors`).
   """
 
-  QUERY = "b sq {heads} d"  # q, o, dout, dq: [B, Sq, Hq, D]
-  KEY_VALUE = "b sk k d"  # k, v, dk, dv: [B, Sk, Hk, D]
-  STATS = "b {heads} sq"  # lse, dlse: [B, Hq, Sq]
+  QUERY = "... sq {heads} d"  # q, o, dout, dq: [*batch, Sq, Hq, D]
+  KEY_VALUE = "... sk k d"  # k, v, dk, dv: [*batch, Sk, Hk, D]
+  STATS = "... {heads} sq"  # lse, dlse: [*batch, Hq, Sq]
   CONFIG_KEY = "c"  # `_config_key`: [words]
 
 
-_BATCH_DIM = 0  # of every array kind
-_HEADS_DIM = 2  # of QUERY and KEY_VALUE arrays
-_SEQ_DIM = {_Kind.QUERY: 1, _Kind.KEY_VALUE: 1, _Kind.STATS: 2}
-_HEAD_DIM_DIM = {_Kind.QUERY: 3, _Kind.KEY_VALUE: 3}
+# Dimensions counted from the end, after the leading batch dimensions.
+_HEADS_DIM = -2  # of every array kind
+_SEQ_DIM = {_Kind.QUERY: -3, _Kind.KEY_VALUE: -3, _Kind.STATS: -1}
+_HEAD_DIM_DIM = {_Kind.QUERY: -1, _Kind.KEY_VALUE: -1}
+_TRAILING_DIMS = {_Kind.QUERY: 3, _Kind.KEY_VALUE: 3, _Kind.STATS: 2}
 
 _FORWARD_OPERANDS = (_Kind.QUERY, _Kind.KEY_VALUE, _Kind.KEY_VALUE)  # q, k, v
 _FORWARD_RESULTS = (_Kind.QUERY, _Kind.STATS)  # o, lse
@@ -84,12 +86,12 @@ class _Layout:
   """The mesh axes that split the op's arrays, chosen so that each shard's kernel call is exact attention.
 
   Attributes:
-    batch: axes splitting B.
+    batch: for each leading batch dimension, the axes splitting it.
     query_heads: axes splitting Hq, major to minor.
     kv_heads: the leading part of `query_heads` that also splits Hk.
   """
 
-  batch: AxisNames
+  batch: tuple[AxisNames, ...]
   query_heads: AxisNames
   kv_heads: AxisNames
 
@@ -99,23 +101,29 @@ class _Layout:
     return self.query_heads[len(self.kv_heads):]
 
   def spec(self, kind: _Kind) -> PartitionSpec:
-    batch = self.batch or None
     if kind is _Kind.CONFIG_KEY:
       return PartitionSpec()
+    batch = [axes or None for axes in self.batch]
     if kind is _Kind.STATS:
-      return PartitionSpec(batch, self.query_heads or None, None)
+      return PartitionSpec(*batch, self.query_heads or None, None)
     heads = self.query_heads if kind is _Kind.QUERY else self.kv_heads
-    return PartitionSpec(batch, None, heads or None, None)
+    return PartitionSpec(*batch, None, heads or None, None)
 
 
-def _axes(sharding: jax.sharding.Sharding, dim: int) -> AxisNames:
-  """The mesh axes that split dimension `dim` under `sharding` (none for a sharding without named axes)."""
-  if not isinstance(sharding, NamedSharding) or dim >= len(sharding.spec):
+def _axes(arg: jax.ShapeDtypeStruct, dim: int) -> AxisNames:
+  """The mesh axes (of size > 1) that split dimension `dim` of `arg`; none under a sharding without names."""
+  sharding = arg.sharding
+  if not isinstance(sharding, NamedSharding):
     return ()
-  entry = sharding.spec[dim]
+  spec = (*sharding.spec, *(None,) * (len(arg.shape) - len(sharding.spec)))
+  entry = spec[dim]
   if entry is None or entry is PartitionSpec.UNCONSTRAINED:
     return ()
-  return (entry,) if isinstance(entry, str) else tuple(entry)
+  return tuple(a for a in ((entry,) if isinstance(entry, str) else entry) if sharding.mesh.shape[a] > 1)
+
+
+def _leading_dims(arg: jax.ShapeDtypeStruct, kind: _Kind) -> int:
+  return len(arg.shape) - _TRAILING_DIMS[kind]
 
 
 def _union(axes: Iterable[AxisNames]) -> AxisNames:
@@ -177,19 +185,21 @@ def _choose_layout(
   key = arg_shapes[kinds.index(_Kind.KEY_VALUE)]
   heads_q = query.shape[_HEADS_DIM]
   heads_k = key.shape[_HEADS_DIM]
-  batch = _axes(query.sharding, _BATCH_DIM) or _axes(key.sharding, _BATCH_DIM)
+  # The batch dimensions split as q's are, else as k's.
+  batch = tuple(_axes(query, dim) for dim in range(_leading_dims(query, _Kind.QUERY)))
+  if not any(batch):
+    batch = tuple(_axes(key, dim) for dim in range(_leading_dims(key, _Kind.KEY_VALUE)))
 
   _sequence_sharding_plan(
-      _union(_axes(arg.sharding, _SEQ_DIM[kind]) for arg, kind in zip(arg_shapes, kinds) if kind in _SEQ_DIM),
-      warn=warn)
+      _union(_axes(arg, _SEQ_DIM[kind]) for arg, kind in zip(arg_shapes, kinds) if kind in _SEQ_DIM), warn=warn)
   head_dim_axes = _union(
-      _axes(arg.sharding, _HEAD_DIM_DIM[kind]) for arg, kind in zip(arg_shapes, kinds) if kind in _HEAD_DIM_DIM)
+      _axes(arg, _HEAD_DIM_DIM[kind]) for arg, kind in zip(arg_shapes, kinds) if kind in _HEAD_DIM_DIM)
   if head_dim_axes and warn:
     _warn_gather("head_dim", head_dim_axes, "the kernels need whole head_dim rows")
 
   query_heads, kv_heads = _choose_head_split(
-      mesh, _axes(query.sharding, _HEADS_DIM), _axes(key.sharding, _HEADS_DIM), batch, heads_q, heads_k)
-  dropped = tuple(a for a in _axes(query.sharding, _HEADS_DIM) if a not in query_heads)
+      mesh, _axes(query, _HEADS_DIM), _axes(key, _HEADS_DIM), _union(batch), heads_q, heads_k)
+  dropped = tuple(a for a in _axes(query, _HEADS_DIM) if a not in query_heads)
   if dropped and warn:
     _warn_gather(
         "the query heads", dropped,
@@ -269,6 +279,20 @@ def _config_key(config: AttentionConfig) -> np.ndarray:
   return np.asarray(fields, np.float64).view(np.uint32)
 
 
+def _over_leading_dims(call: Callable, operands: tuple[_Kind, ...]) -> Callable:
+  """`call` on arrays with one or more leading batch dimensions: flattened into the kernels' one batch dimension
+  (a bitcast, as they lead) and restored on the results. vmap adds such dimensions; keeping them apart until
+  here, inside the op, lets each be split over the mesh on its own."""
+
+  def flat_call(*args):
+    *arrays, config = args
+    batch = arrays[0].shape[:_leading_dims(arrays[0], operands[0])]
+    outs = call(*(x.reshape(-1, *x.shape[len(batch):]) for x in arrays), config)
+    return tuple(out.reshape(*batch, *out.shape[1:]) for out in outs)
+
+  return flat_call
+
+
 def _partitioned(call: Callable, operands: tuple[_Kind, ...], results: tuple[_Kind, ...]) -> Callable:
   """`call(*arrays, config)` as a custom_partitioning op whose shards run `call` on their local arrays."""
   kinds = (*operands, _Kind.CONFIG_KEY)
@@ -316,12 +340,14 @@ def _sharded(call: Callable, operands: tuple[_Kind, ...], results: tuple[_Kind, 
     layout as above, and its results are typed like their operands: o, dq like q; dk, dv like k; lse, dlse
     [B, H, S] with q's batch, head and sequence axes.
   """
+  call = _over_leading_dims(call, operands)
   partitioned = _partitioned(call, operands, results)
 
   def result_specs(arrays) -> tuple[PartitionSpec, ...]:
     query = jax.typeof(arrays[operands.index(_Kind.QUERY)]).sharding.spec
     key = jax.typeof(arrays[operands.index(_Kind.KEY_VALUE)]).sharding.spec
-    stats = PartitionSpec(query[_BATCH_DIM], query[_HEADS_DIM], query[_SEQ_DIM[_Kind.QUERY]])
+    *batch, seq, heads, _ = query
+    stats = PartitionSpec(*batch, heads, seq)
     return tuple({_Kind.QUERY: query, _Kind.KEY_VALUE: key, _Kind.STATS: stats}[kind] for kind in results)
 
   def sharded_call(*args):
@@ -338,6 +364,7 @@ def _sharded(call: Callable, operands: tuple[_Kind, ...], results: tuple[_Kind, 
   return sharded_call
 
 
-# `_ffi.forward` and `_ffi.backward`, same signatures, with the rules above.
+# `_ffi.forward` and `_ffi.backward` with the rules above; same signatures, and every array may have more than
+# one leading batch dimension (all with the same sizes).
 forward = _sharded(_ffi.forward, _FORWARD_OPERANDS, _FORWARD_RESULTS)
 backward = _sharded(_ffi.backward, _BACKWARD_OPERANDS, _BACKWARD_RESULTS)
