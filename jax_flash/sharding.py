@@ -344,8 +344,12 @@ def _sharded(call: Callable, operands: tuple[_Kind, ...], results: tuple[_Kind, 
   partitioned = _partitioned(call, operands, results)
 
   def result_specs(arrays) -> tuple[PartitionSpec, ...]:
-    query = jax.typeof(arrays[operands.index(_Kind.QUERY)]).sharding.spec
-    key = jax.typeof(arrays[operands.index(_Kind.KEY_VALUE)]).sharding.spec
+    def full_spec(x):
+      spec = jax.typeof(x).sharding.spec
+      return PartitionSpec(*spec, *(None,) * (x.ndim - len(spec)))
+
+    query = full_spec(arrays[operands.index(_Kind.QUERY)])
+    key = full_spec(arrays[operands.index(_Kind.KEY_VALUE)])
     *batch, seq, heads, _ = query
     stats = PartitionSpec(*batch, heads, seq)
     return tuple({_Kind.QUERY: query, _Kind.KEY_VALUE: key, _Kind.STATS: stats}[kind] for kind in results)
