@@ -27,9 +27,9 @@ DEVICES = jax.device_count()
 PLATFORM = jax.devices()[0].platform
 pytestmark = pytest.mark.skipif(DEVICES < 2, reason=f"needs 2 or more devices; found {DEVICES}")
 
-# The GPU kernels take 16-bit inputs and head dims of their build; the CPU ones take float32 and any multiple of 8.
+# The GPU kernels take 16-bit inputs and the head dims of their build; the CPU ones float32 and any multiple of 8.
 DTYPE = jnp.float32 if PLATFORM == "cpu" else jnp.bfloat16
-HEAD_DIM = 16 if PLATFORM == "cpu" else 64
+HEAD_DIM = 16 if PLATFORM == "cpu" else min(jax_flash.build_info()["cuda_head_dims"])
 SEQLEN = 32
 AXES = ("data", "model")
 COLLECTIVE = re.compile(r"\s(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(")
