@@ -3,7 +3,8 @@ the Flax layers.
 
 `plan_flash_call` returns the jax_flash.attention arguments that compute a call exactly, or raises `Unsupported`
 with the reason. The caller then falls back (warning with `warn_fallback`) or, when the user asked for jax_flash,
-raises. Nothing here touches the device: masks are inspected only when they are concrete (not traced).
+raises. Nothing here runs a computation: masks are inspected only when they are concrete (not traced), on the
+host (a concrete device array is copied there).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from jax_flash.attention import attention
 class FallbackWarning(UserWarning):
   """jax_flash could not compute an attention call with its kernels and used a dense fallback.
 
-  Shown once per distinct reason (Python's default warning filter). Silence it with
-  ``warnings.filterwarnings("ignore", category=jax_flash.FallbackWarning)``.
+  Under Python's default warning filter it shows once per reason (and, for dot_product_attention, per call site).
+  Silence it with ``warnings.filterwarnings("ignore", category=jax_flash.FallbackWarning)``.
   """
 
 

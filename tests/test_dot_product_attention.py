@@ -28,29 +28,29 @@ def _band_mask(seqlen_q, seqlen_k, lo, hi):
   return (offset >= lo) & (offset <= hi)
 
 
-# (T, S, jax.nn arguments) that jax_flash computes: every band below leaves no row empty and, for T < S, reaches
-# jax_flash's bottom-right diagonal (a window right bound r >= S - T).
+# (T, S, N, K, jax.nn arguments) that jax_flash computes: every band below leaves no row empty and, for T < S,
+# reaches jax_flash's bottom-right diagonal (a window right bound r >= S - T).
 COVERED = {
-    "square": (8, 8, dict()),
-    "square_causal": (8, 8, dict(is_causal=True)),
-    "square_window": (8, 8, dict(local_window_size=(3, 1))),
-    "square_window_int": (8, 8, dict(local_window_size=2)),
-    "square_causal_and_window": (8, 8, dict(is_causal=True, local_window_size=(2, 5))),
-    "square_scale": (8, 8, dict(scale=0.3)),
-    "tall": (12, 8, dict()),
-    "tall_causal": (12, 8, dict(is_causal=True)),
-    "tall_window": (12, 8, dict(local_window_size=(5, 1))),
-    "tall_causal_and_window": (12, 8, dict(is_causal=True, local_window_size=(6, 0))),
-    "wide": (8, 12, dict()),
-    "wide_window": (8, 12, dict(local_window_size=(1, 5))),
-    "wide_window_int": (8, 12, dict(local_window_size=6)),
+    "square_mha": (8, 8, 4, 4, dict()),
+    "square_mqa": (8, 8, 4, 1, dict()),
+    "square_causal": (8, 8, 4, 2, dict(is_causal=True)),
+    "square_window": (8, 8, 4, 2, dict(local_window_size=(3, 1))),
+    "square_window_int": (8, 8, 4, 2, dict(local_window_size=2)),
+    "square_causal_and_window": (8, 8, 4, 2, dict(is_causal=True, local_window_size=(2, 5))),
+    "square_scale": (8, 8, 4, 2, dict(scale=0.3)),
+    "tall": (12, 8, 4, 2, dict()),
+    "tall_causal": (12, 8, 4, 1, dict(is_causal=True)),
+    "tall_window": (12, 8, 4, 2, dict(local_window_size=(5, 1))),
+    "tall_causal_and_window": (12, 8, 4, 4, dict(is_causal=True, local_window_size=(6, 0))),
+    "wide": (8, 12, 4, 2, dict()),
+    "wide_window": (8, 12, 4, 1, dict(local_window_size=(1, 5))),
+    "wide_window_int": (8, 12, 4, 2, dict(local_window_size=6)),
 }
 
 
-@pytest.mark.parametrize("heads_q, heads_k", [(4, 4), (4, 1)])
 @pytest.mark.parametrize("case", list(COVERED))
-def test_covered_cases_run_jax_flash_and_equal_jax_nn(rng, case, heads_q, heads_k):
-  seqlen_q, seqlen_k, kwargs = COVERED[case]
+def test_covered_cases_run_jax_flash_and_equal_jax_nn(rng, case):
+  seqlen_q, seqlen_k, heads_q, heads_k, kwargs = COVERED[case]
   q, k, v = _qkv(rng, seqlen_q, seqlen_k, heads_q, heads_k)
   out = run_on_jax_flash(functools.partial(jax_flash.dot_product_attention, **kwargs), q, k, v)
   assert_close(out, jax.nn.dot_product_attention(q, k, v, **kwargs), F32, case)

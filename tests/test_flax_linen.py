@@ -43,8 +43,8 @@ def _assert_trees_equal(tree, expected):
 
 @pytest.mark.parametrize(
     "fields",
-    [dict(), dict(qkv_features=64, out_features=16), dict(normalize_qk=True), dict(use_bias=False)],
-    ids=["default", "features", "normalize_qk", "no_bias"],
+    [dict(), dict(qkv_features=64, out_features=16, normalize_qk=True, use_bias=False)],
+    ids=["default", "features_normalize_qk_no_bias"],
 )
 def test_parameter_tree_equals_flax(rng, fields):
   x, kv = _inputs(rng, BATCH, LENGTH, FEATURES), _inputs(rng, BATCH, 5, 24)
@@ -90,6 +90,16 @@ def test_outputs_equal_flax_given_the_same_parameters(rng, case):
   params = theirs.init(jax.random.key(1), **flax_args)
   out = run_on_jax_flash(lambda p: ours.apply(p, **args), params)
   assert_close(out, theirs.apply(params, **flax_args), F32, case)
+
+
+def test_inputs_kv_is_accepted_as_flax_accepts_it(rng):
+  x, kv = _inputs(rng, BATCH, LENGTH, FEATURES), _inputs(rng, BATCH, 5, FEATURES)
+  theirs = nn.MultiHeadDotProductAttention(num_heads=HEADS)
+  params = theirs.init(jax.random.key(1), x)
+  with pytest.warns(DeprecationWarning, match="inputs_kv"):
+    out = FlashMultiHeadDotProductAttention(num_heads=HEADS).apply(params, x, inputs_kv=kv)
+  with pytest.warns(DeprecationWarning):
+    assert_close(out, theirs.apply(params, x, inputs_kv=kv), F32, "inputs_kv")
 
 
 def _repeat_kv_heads(params, group):
