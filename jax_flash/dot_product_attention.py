@@ -127,7 +127,9 @@ def _check_args(query, key, value, mask, is_causal, local_window_size, return_re
       or len(window) != 2
       or any(isinstance(w, (bool, np.bool_)) or not isinstance(w, numbers.Integral) for w in window)
   ):
-    raise TypeError(f"local_window_size must be None, an int or a pair (left, right) of ints; got {local_window_size!r}")
+    raise TypeError(
+        f"local_window_size must be None, an int or a pair (left, right) of ints; got {local_window_size!r}"
+    )
   return int(window[0]), int(window[1])
 
 

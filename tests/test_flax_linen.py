@@ -92,6 +92,18 @@ def test_outputs_equal_flax_given_the_same_parameters(rng, case):
   assert_close(out, theirs.apply(params, **flax_args), F32, case)
 
 
+def test_bfloat16_layer_matches_flax_in_float32_within_bfloat16_rounding(rng):
+  x = _inputs(rng, BATCH, 16, 64)
+  ours = FlashSelfAttention(num_heads=HEADS, causal=True, dtype=jnp.bfloat16)
+  params = ours.init(jax.random.key(1), x)
+  out = run_on_jax_flash(ours.apply, params, x)
+  assert out.dtype == jnp.bfloat16
+  exact = nn.MultiHeadDotProductAttention(num_heads=HEADS).apply(
+      params, x, mask=nn.make_causal_mask(jnp.ones((BATCH, 16)))
+  )
+  assert_close(out, exact, jnp.bfloat16, "bfloat16 layer")
+
+
 def test_inputs_kv_is_accepted_as_flax_accepts_it(rng):
   x, kv = _inputs(rng, BATCH, LENGTH, FEATURES), _inputs(rng, BATCH, 5, FEATURES)
   theirs = nn.MultiHeadDotProductAttention(num_heads=HEADS)

@@ -29,9 +29,11 @@ class FlashMultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
   jax_flash computes the attention when there is no mask, or a concrete mask (not traced) that is a causal or
   sliding-window band, and the layer's own ``causal`` / ``window_size`` ask for such a band. Flax's own dense
   attention runs instead, with a `jax_flash.FallbackWarning` naming the reason, for: a traced or arbitrary mask,
-  active attention dropout, ``sow_weights=True``, a custom ``attention_fn`` or custom attention einsums, or
-  arguments jax_flash rejects (e.g. a head_dim that is not a multiple of 8). Decode steps (``decode=True`` after
-  the cache exists) keep Flax's key/value cache semantics and attend densely: one query row per step.
+  active attention dropout, ``sow_weights=True``, a custom ``attention_fn`` or custom attention einsums, a band
+  that leaves query rows without keys (e.g. ``causal`` cross-attention with T > S: Flax gives such rows the mean
+  of the values), or arguments jax_flash rejects (e.g. a head_dim that is not a multiple of 8). Decode steps
+  (``decode=True`` after the cache exists) keep Flax's key/value cache semantics and attend densely: one query
+  row per step.
 
   Fields beyond Flax's:
     causal: each query sees keys j <= i + S - T (bottom-right aligned; for self-attention, j <= i). A traced mask

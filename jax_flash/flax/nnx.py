@@ -27,9 +27,10 @@ class FlashMultiHeadAttention(nnx.MultiHeadAttention):
   sliding-window band, combined with ``is_causal`` (nnx's meaning: ``jnp.tril``, top-left aligned) and the
   constructor's ``causal`` / ``window_size``. Flax's dense attention runs instead, with a
   `jax_flash.FallbackWarning` naming the reason, for a traced or arbitrary mask, active attention dropout,
-  ``sow_weights=True``, a custom ``attention_fn``, ``input_positions`` (which go to attention_fn), or arguments
-  jax_flash rejects. Decode steps keep nnx's cache semantics (``init_cache`` first) and attend densely, one query
-  row per step.
+  ``sow_weights=True``, a custom ``attention_fn``, ``input_positions`` (which go to attention_fn), a band that
+  leaves query rows without keys (Flax gives them the mean of the values), or arguments jax_flash rejects (e.g.
+  a head_dim that is not a multiple of 8). Decode steps keep nnx's cache semantics (``init_cache`` first) and
+  attend densely, one query row per step.
 
   Args beyond nnx's (keyword-only):
     causal: each query sees keys j <= i + S - T (bottom-right aligned; for self-attention, j <= i).
