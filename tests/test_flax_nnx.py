@@ -37,8 +37,8 @@ def _flat(tree):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(), dict(num_kv_heads=2), dict(normalize_qk=True), dict(qkv_features=64, out_features=16)],
-    ids=["default", "gqa", "normalize_qk", "features"],
+    [dict(), dict(num_kv_heads=2, normalize_qk=True, qkv_features=64, out_features=16)],
+    ids=["default", "gqa_normalize_qk_features"],
 )
 def test_parameters_equal_nnx(kwargs):
   ours, theirs = _pair(**kwargs)
