@@ -4,9 +4,11 @@
     o = jax_flash.attention(q, k, v, causal=True)   # q [B, Sq, Hq, D], k/v [B, Sk, Hk, D]
 """
 
+from jax_flash._dispatch import FallbackWarning
 from jax_flash._ffi import build_info, has_cuda
 from jax_flash.attention import attention
+from jax_flash.dot_product_attention import dot_product_attention
 from jax_flash.reference import reference_attention
 
-__all__ = ["attention", "build_info", "has_cuda", "reference_attention"]
+__all__ = ["FallbackWarning", "attention", "build_info", "dot_product_attention", "has_cuda", "reference_attention"]
 __version__ = "0.1.0"
