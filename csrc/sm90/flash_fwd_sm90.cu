@@ -1,4 +1,4 @@
-// Dispatch of the Hopper forward: dtype x head-dim tile x masked -> a tuned kernel configuration.
+// Dispatch of the Hopper forward: dtype x head-dim tile x (masked, sequence length) -> a tuned configuration.
 // The build defines JAX_FLASH_SM90_TILE_<d>=1 for each head-dim tile it compiles (flash_fwd_sm90_hdim<d>_*.cu).
 #include "sm90/flash_fwd_sm90.h"
 
@@ -41,12 +41,9 @@ int head_dim_tile(int64_t head_dim) {
 template <class Element, int kTile>
 cudaError_t launch_tile(const AttentionParams& p, const void* q, const void* k, const void* v, void* o, float* lse,
                         int* tile_counter, int num_sms, cudaStream_t stream) {
-  if (has_window(p)) {
-    return launch_flash_fwd<typename TunedConfig<Element, kTile, true>::Traits>(p, q, k, v, o, lse, tile_counter,
-                                                                                num_sms, stream);
-  }
-  return launch_flash_fwd<typename TunedConfig<Element, kTile, false>::Traits>(p, q, k, v, o, lse, tile_counter,
-                                                                               num_sms, stream);
+  return with_tuned_config<Element, kTile>(p, has_window(p), [&](auto traits) {
+    return launch_flash_fwd<decltype(traits)>(p, q, k, v, o, lse, tile_counter, num_sms, stream);
+  });
 }
 
 template <class Element>

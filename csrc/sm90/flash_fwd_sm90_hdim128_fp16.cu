@@ -4,7 +4,9 @@
 
 namespace jax_flash::sm90 {
 
-template cudaError_t launch_flash_fwd<TunedConfig<cutlass::half_t, 128, false>::Traits>(const AttentionParams&, const void*, const void*, const void*, void*, float*, int*, int, cudaStream_t);
-template cudaError_t launch_flash_fwd<TunedConfig<cutlass::half_t, 128, true>::Traits>(const AttentionParams&, const void*, const void*, const void*, void*, float*, int*, int, cudaStream_t);
+template cudaError_t launch_flash_fwd<Hdim128Keys176<cutlass::half_t>>(
+    const AttentionParams&, const void*, const void*, const void*, void*, float*, int*, int, cudaStream_t);
+template cudaError_t launch_flash_fwd<Hdim128Keys128<cutlass::half_t>>(
+    const AttentionParams&, const void*, const void*, const void*, void*, float*, int*, int, cudaStream_t);
 
 }  // namespace jax_flash::sm90

@@ -4,6 +4,7 @@
 
 namespace jax_flash::sm90 {
 
-template cudaError_t launch_flash_fwd<TunedConfig<cutlass::bfloat16_t, 256, false>::Traits>(const AttentionParams&, const void*, const void*, const void*, void*, float*, int*, int, cudaStream_t);
+template cudaError_t launch_flash_fwd<Hdim256<cutlass::bfloat16_t>>(
+    const AttentionParams&, const void*, const void*, const void*, void*, float*, int*, int, cudaStream_t);
 
 }  // namespace jax_flash::sm90

@@ -1,5 +1,7 @@
-// The FlashAttention-3 paper's ablation on the Hopper forward: the bf16 head-dim-128 (128 x 176) configuration with
-// and without ping-pong between consumer warpgroups and with and without the intra-warpgroup GEMM-softmax overlap.
+// Variants of the Hopper forward measured beside the tuned configurations (bf16):
+// - the FlashAttention-3 paper's ablation: the head-dim-128 (128 x 176) configuration with and without ping-pong
+//   between consumer warpgroups and with and without the intra-warpgroup GEMM-softmax overlap;
+// - alternative tile shapes per head dim, for the tile choice.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -16,3 +18,13 @@ struct AblationVariant {
 };
 
 std::vector<AblationVariant> ablation_variants();
+
+struct TileVariant {
+  const char* name;
+  int head_dim;
+  // Launches the variant on bf16 q, k, v; `tile_counter` is needed for causal/window problems.
+  cudaError_t (*launch)(const jax_flash::AttentionParams& p, const void* q, const void* k, const void* v, void* o,
+                        float* lse, int* tile_counter, int num_sms);
+};
+
+std::vector<TileVariant> tile_variants();

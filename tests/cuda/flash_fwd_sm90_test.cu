@@ -3,6 +3,7 @@
 //   flash_fwd_sm90_test check   correctness sweep against a float64 CPU reference (outputs poisoned with NaN first)
 //   flash_fwd_sm90_test bench   TFLOP/s on the FlashAttention-3 paper grid (bf16) and the ablation shape
 //   flash_fwd_sm90_test quick   a few small cases (for compute-sanitizer)
+//   flash_fwd_sm90_test time D SEQLEN CAUSAL REPS   one grid shape, REPS timed runs (for profilers)
 // Exit status 0 only if every check passed.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -357,6 +358,18 @@ int run_checks(bool quick) {
         }
       }
     }
+    // Sequences past the short-sequence tile switch (tile_configs.h), so the larger tiles meet every mask too.
+    for (int64_t d : {64, 128, 40, 96}) {
+      if (quick) continue;
+      for (const MaskMode& mode : kMaskModes) {
+        AttentionParams p = make_params(1, 1100, 1300, 4, 2, d);
+        p.window_left = mode.window_left;
+        p.window_right = mode.window_right;
+        p.diagonal_offset = mode.diagonal_offset;
+        p.softcap = mode.softcap;
+        report(p, dtype, mode.name, check_fresh(p, dtype, rng));
+      }
+    }
     // No keys at all: every row o = 0, lse = -inf.
     AttentionParams empty = make_params(2, 129, 0, 4, 2, 128);
     report(empty, dtype, "no-keys", check_fresh(empty, dtype, rng));
@@ -368,21 +381,23 @@ int run_checks(bool quick) {
   return failures;
 }
 
-// Median time in ms of `launch` over `reps` runs after `warmup` runs, with CUDA events per run.
-float median_ms(const std::function<cudaError_t()>& launch, int warmup, int reps) {
+// Time per launch in ms: the median over `batches` batches of `launches` back-to-back launches, each batch timed
+// with CUDA events (back-to-back launches keep the host's launch overhead out of the kernel time, as a jitted
+// JAX loop or triton's do_bench would).
+float median_ms(const std::function<cudaError_t()>& launch, int batches, int launches) {
   cudaEvent_t start, stop;
   CUDA_CHECK(cudaEventCreate(&start));
   CUDA_CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < warmup; ++i) CUDA_CHECK(launch());
+  for (int i = 0; i < launches; ++i) CUDA_CHECK(launch());  // warm-up
   std::vector<float> times;
-  for (int i = 0; i < reps; ++i) {
+  for (int b = 0; b < batches; ++b) {
     CUDA_CHECK(cudaEventRecord(start));
-    CUDA_CHECK(launch());
+    for (int i = 0; i < launches; ++i) CUDA_CHECK(launch());
     CUDA_CHECK(cudaEventRecord(stop));
     CUDA_CHECK(cudaEventSynchronize(stop));
     float ms;
     CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms);
+    times.push_back(ms / launches);
   }
   CUDA_CHECK(cudaEventDestroy(start));
   CUDA_CHECK(cudaEventDestroy(stop));
@@ -398,7 +413,7 @@ double attention_flops(const AttentionParams& p, bool causal) {
 // Timings on the FlashAttention-3 paper grid: batch x seqlen = 16k tokens, heads x head_dim = 2048, bf16.
 int run_bench() {
   constexpr int64_t kTokens = 16384, kModelDim = 2048;
-  constexpr int kWarmup = 3, kReps = 30;
+  constexpr int kBatches = 5, kLaunchesPerBatch = 10;
   constexpr int64_t kSampledRows = 48;
   std::mt19937_64 rng(7);
   int failures = 0;
@@ -419,7 +434,7 @@ int run_bench() {
               return jax_flash::sm90::run_flash_fwd_sm90(p, DType::kBFloat16, buf.q, buf.k, buf.v, buf.o, buf.lse,
                                                          buf.workspace, sms, nullptr);
             },
-            kWarmup, kReps);
+            kBatches, kLaunchesPerBatch);
         std::printf("%-5lld %-7lld %-6s %-4lld %-4lld %-9.3f %-8.1f %s rel_err %.1e\n", (long long)d, (long long)s,
                     causal ? "yes" : "no", (long long)p.batch, (long long)p.heads_q, ms,
                     attention_flops(p, causal) / (ms * 1e-3) / 1e12, r.passed ? "PASS" : "FAIL", r.rel_error);
@@ -433,11 +448,52 @@ int run_bench() {
   buf.randomize(DType::kBFloat16, rng());
   for (const AblationVariant& variant : ablation_variants()) {
     const float ms = median_ms(
-        [&] { return variant.launch(p, buf.q, buf.k, buf.v, buf.o, buf.lse, sms); }, kWarmup, kReps);
+        [&] { return variant.launch(p, buf.q, buf.k, buf.v, buf.o, buf.lse, sms); }, kBatches, kLaunchesPerBatch);
     std::printf("ablation B4 S8448 H16 D128 non-causal %-32s %.3f ms %.1f TFLOP/s\n", variant.name, ms,
                 attention_flops(p, false) / (ms * 1e-3) / 1e12);
   }
+  // Tile-shape alternatives on the grid (TFLOP/s).
+  for (const TileVariant& variant : tile_variants()) {
+    std::printf("tiles %-30s", variant.name);
+    for (int64_t s : {512, 1024, 2048, 4096, 8192, 16384}) {
+      for (bool causal : {false, true}) {
+        AttentionParams q = make_params(kTokens / s, s, s, kModelDim / variant.head_dim, kModelDim / variant.head_dim,
+                                        variant.head_dim);
+        if (causal) q.window_right = 0;
+        const DeviceBuffers vbuf(q);
+        vbuf.randomize(DType::kBFloat16, rng());
+        const float ms = median_ms(
+            [&] {
+              return variant.launch(q, vbuf.q, vbuf.k, vbuf.v, vbuf.o, vbuf.lse, static_cast<int*>(vbuf.workspace),
+                                    sms);
+            },
+            kBatches, kLaunchesPerBatch);
+        std::printf(" %lld%s %.0f", (long long)s, causal ? "c" : "", attention_flops(q, causal) / (ms * 1e-3) / 1e12);
+      }
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
   return failures;
+}
+
+// One shape of the grid, timed over `reps` runs (a profiler can pick single launches out of them).
+int run_time(int64_t d, int64_t s, bool causal, int reps) {
+  constexpr int64_t kTokens = 16384, kModelDim = 2048;
+  AttentionParams p = make_params(kTokens / s, s, s, kModelDim / d, kModelDim / d, d);
+  if (causal) p.window_right = 0;
+  const DeviceBuffers buf(p);
+  buf.randomize(DType::kBFloat16, 11);
+  const int sms = num_sms();
+  const float ms = median_ms(
+      [&] {
+        return jax_flash::sm90::run_flash_fwd_sm90(p, DType::kBFloat16, buf.q, buf.k, buf.v, buf.o, buf.lse,
+                                                   buf.workspace, sms, nullptr);
+      },
+      1, reps);
+  std::printf("D %lld seqlen %lld causal %d: %.3f ms %.1f TFLOP/s (%d back-to-back launches)\n", (long long)d,
+              (long long)s, int(causal), ms, attention_flops(p, causal) / (ms * 1e-3) / 1e12, reps);
+  return 0;
 }
 
 }  // namespace
@@ -450,6 +506,7 @@ int main(int argc, char** argv) {
   int failures = 0;
   if (mode == "check" || mode == "quick") failures += run_checks(mode == "quick");
   if (mode == "bench") failures += run_bench();
+  if (mode == "time" && argc == 6) failures += run_time(std::atoll(argv[2]), std::atoll(argv[3]), std::atoi(argv[4]) != 0, std::atoi(argv[5]));
   std::printf("%s: %d failures\n", mode.c_str(), failures);
   return failures == 0 ? 0 : 1;
 }
