@@ -1,0 +1,73 @@
+// A ring of shared-memory stages filled by TMA and drained by wgmma, synchronised by mbarriers:
+// full[s] completes when the TMA bytes of stage s have landed; empty[s] completes when every consumer warp has
+// finished reading stage s. One producer thread, kNumConsumerWarps consumer warps.
+#pragma once
+
+#include <cstdint>
+
+#include <cutlass/arch/barrier.h>
+
+namespace jax_flash::sm90 {
+
+// Position in the ring: the stage index and the parity of the current pass over the ring.
+template <int kStages>
+struct PipelineState {
+  int index = 0;
+  uint32_t phase = 0;
+
+  __device__ __forceinline__ void advance() {
+    if (++index == kStages) {
+      index = 0;
+      phase ^= 1;
+    }
+  }
+};
+
+template <int kStages_>
+struct TmaPipeline {
+  static constexpr int kStages = kStages_;
+  using State = PipelineState<kStages>;
+  using FullBarrier = cutlass::arch::ClusterTransactionBarrier;
+  using EmptyBarrier = cutlass::arch::ClusterBarrier;
+
+  struct SharedStorage {
+    uint64_t full[kStages];
+    uint64_t empty[kStages];
+  };
+
+  SharedStorage* storage;
+
+  // One thread initialises; the caller fences (fence_barrier_init) and syncs the CTA before first use.
+  __device__ __forceinline__ static void init(SharedStorage& s, int num_consumer_warps) {
+    for (int i = 0; i < kStages; ++i) {
+      FullBarrier::init(&s.full[i], 1);
+      EmptyBarrier::init(&s.empty[i], num_consumer_warps);
+    }
+  }
+
+  // Producer warp (all lanes): wait until the consumers released the stage; the first pass over fresh barriers
+  // does not wait.
+  __device__ __forceinline__ void producer_wait(const State& st) const {
+    EmptyBarrier::wait(&storage->empty[st.index], st.phase ^ 1);
+  }
+
+  // Producer leader lane: announce the bytes the TMA copies into the stage will deliver; returns the barrier
+  // those copies complete on.
+  __device__ __forceinline__ uint64_t& producer_arm(const State& st, uint32_t tma_bytes) const {
+    FullBarrier::arrive_and_expect_tx(&storage->full[st.index], tma_bytes);
+    return storage->full[st.index];
+  }
+
+  __device__ __forceinline__ void consumer_wait(const State& st) const {
+    FullBarrier::wait(&storage->full[st.index], st.phase);
+  }
+
+  // Called by every consumer thread after its warpgroup_wait covered the GEMM that read the stage; one lane per
+  // warp signals, after the whole warp has passed that wait.
+  __device__ __forceinline__ void consumer_release(const State& st) const {
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) EmptyBarrier::arrive(&storage->empty[st.index]);
+  }
+};
+
+}  // namespace jax_flash::sm90

@@ -1,0 +1,36 @@
+# The Hopper (sm_90a) forward as a static library, for the top-level CMakeLists when 90a is among the CUDA
+# architectures:
+#   include(csrc/sm90/sm90.cmake)
+#   jax_flash_add_sm90_forward(jax_flash_sm90 "${JAX_FLASH_HEAD_DIMS}" "${CUTLASS_INCLUDE_DIR}")
+#   target_link_libraries(_jax_flash_ext PRIVATE jax_flash_sm90)
+# Only the head-dim tiles (64, 128, 256) that cover the requested head dims are compiled; the dispatcher routes
+# every head dim to the smallest compiled tile that holds it.
+function(jax_flash_add_sm90_forward target head_dims cutlass_include)
+  set(tiles "")
+  foreach(d IN LISTS head_dims)
+    if(d LESS_EQUAL 64)
+      list(APPEND tiles 64)
+    elseif(d LESS_EQUAL 128)
+      list(APPEND tiles 128)
+    else()
+      list(APPEND tiles 256)
+    endif()
+  endforeach()
+  list(REMOVE_DUPLICATES tiles)
+
+  set(sources "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_fwd_sm90.cu")
+  set(definitions CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)
+  foreach(t IN LISTS tiles)
+    list(APPEND sources "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_fwd_sm90_hdim${t}_bf16.cu"
+                        "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_fwd_sm90_hdim${t}_fp16.cu")
+    list(APPEND definitions JAX_FLASH_SM90_TILE_${t}=1)
+  endforeach()
+
+  add_library(${target} STATIC ${sources})
+  # wgmma and setmaxnreg exist only in the architecture-specific sm_90a target.
+  set_target_properties(${target} PROPERTIES CUDA_ARCHITECTURES 90a POSITION_INDEPENDENT_CODE ON)
+  target_include_directories(${target} PUBLIC "${PROJECT_SOURCE_DIR}/csrc" PRIVATE "${cutlass_include}")
+  target_compile_definitions(${target} PRIVATE ${definitions})
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr>)
+  message(STATUS "jax_flash: sm90 forward head-dim tiles ${tiles}")
+endfunction()

@@ -1,0 +1,91 @@
+// Persistent tile scheduler: a grid of at most one CTA per SM walks the (m_block, head, batch) tiles.
+//
+// Unmasked problems have equal tiles: CTA c takes tiles c, c + grid, c + 2 grid, ... (static, no communication),
+// with m_block fastest so that CTAs running together share one head's K/V in L2.
+// Causal/window problems have tiles of unequal work: a global counter hands out tiles in longest-first order
+// (largest m_block first under the bottom-right-aligned mask), head-batch pairs grouped into sections whose K/V
+// fit in L2. The producer warp fetches the next tile while it loads the current one; it hands the index to the
+// consumers through shared memory before their epilogue.
+#pragma once
+
+#include <cstdint>
+
+#include "sm90/named_barriers.h"
+
+namespace jax_flash::sm90 {
+
+struct SchedulerParams {
+  int num_m_blocks;
+  int num_heads;          // query heads
+  int num_head_batches;   // batch * query heads
+  int total_tiles;
+  int heads_per_section;  // longest-first order runs within sections of this many head-batch pairs
+  int* tile_counter;      // null: static schedule; else a zeroed counter (dynamic, longest-first)
+};
+
+struct TileCoord {
+  int m_block;
+  int head;
+  int batch;
+};
+
+template <int kNumMmaThreads, int kNumProducerThreads>
+struct TileScheduler {
+  static constexpr uint32_t kHandoffThreads = kNumMmaThreads + kNumProducerThreads;
+
+  const SchedulerParams& params;
+  int* next_tile_slot;  // shared memory
+
+  __device__ __forceinline__ bool dynamic() const { return params.tile_counter != nullptr; }
+  __device__ __forceinline__ bool valid(int tile) const { return tile < params.total_tiles; }
+  __device__ __forceinline__ int initial_tile() const { return blockIdx.x; }
+
+  __device__ __forceinline__ TileCoord coord(int tile) const {
+    int m_block, head_batch;
+    if (!dynamic()) {
+      m_block = tile % params.num_m_blocks;
+      head_batch = tile / params.num_m_blocks;
+    } else {
+      const int tiles_per_section = params.heads_per_section * params.num_m_blocks;
+      const int section = tile / tiles_per_section;
+      const int first = section * params.heads_per_section;
+      const int heads_here = min(params.heads_per_section, params.num_head_batches - first);
+      const int rank = tile - section * tiles_per_section;
+      m_block = params.num_m_blocks - 1 - rank / heads_here;
+      head_batch = first + rank % heads_here;
+    }
+    return {m_block, head_batch % params.num_heads, head_batch / params.num_heads};
+  }
+
+  // Consumers, once before their first tile: the next-tile slot starts empty.
+  __device__ __forceinline__ void consumer_init() const {
+    if (dynamic()) named_barrier_arrive(kHandoffThreads, barrier_id(NamedBarrier::kTileEmpty));
+  }
+
+  // Producer warp, during the loads of `tile`: claim the next tile (lane 0 holds the claimed index).
+  __device__ __forceinline__ int producer_prefetch(int tile) const {
+    if (!dynamic()) return tile + gridDim.x;
+    return threadIdx.x % kNumProducerThreads == 0 ? atomicAdd(params.tile_counter, 1) + int(gridDim.x) : 0;
+  }
+
+  // Producer warp: publish the prefetched tile and return it.
+  __device__ __forceinline__ int producer_next(int prefetched) const {
+    if (!dynamic()) return prefetched;
+    const int next = __shfl_sync(0xffffffff, prefetched, 0);
+    named_barrier_sync(kHandoffThreads, barrier_id(NamedBarrier::kTileEmpty));
+    if (threadIdx.x % kNumProducerThreads == 0) *next_tile_slot = next;
+    named_barrier_arrive(kHandoffThreads, barrier_id(NamedBarrier::kTileFull));
+    return next;
+  }
+
+  // Consumers: the tile after `tile`.
+  __device__ __forceinline__ int consumer_next(int tile) const {
+    if (!dynamic()) return tile + gridDim.x;
+    named_barrier_sync(kHandoffThreads, barrier_id(NamedBarrier::kTileFull));
+    const int next = *next_tile_slot;
+    named_barrier_arrive(kHandoffThreads, barrier_id(NamedBarrier::kTileEmpty));
+    return next;
+  }
+};
+
+}  // namespace jax_flash::sm90
