@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -30,15 +31,10 @@ def _run_child(tmp_path: pathlib.Path, name: str, xla_flags: str) -> dict[str, n
   return dict(np.load(out))
 
 
-def _command_buffer_computations(dump_dir: pathlib.Path) -> list[str]:
-  """The computations XLA outlined into command buffers, from the optimized HLO it dumped."""
-  blocks = []
-  for path in dump_dir.glob("*after_optimizations.txt"):
-    for block in path.read_text().split("\n\n"):
-      header = block.lstrip().split("\n", 1)[0]
-      if "command_buffer" in header:
-        blocks.append(block)
-  return blocks
+def _thunk_kinds(dump_dir: pathlib.Path) -> str:
+  """The final thunk sequences XLA dumped (after its thunk passes, which wrap commands into kCommandBuffer thunks)."""
+  after = sorted(dump_dir.glob("*thunk_sequence_after_thunk_passes.txt")) or sorted(dump_dir.glob("*thunk_sequence.txt"))
+  return "\n".join(path.read_text() for path in after)
 
 
 def test_command_buffer_capture_matches_uncaptured_run(tmp_path, rng):
@@ -47,13 +43,16 @@ def test_command_buffer_capture_matches_uncaptured_run(tmp_path, rng):
            q=rng.standard_normal(shape_q, dtype=np.float32), k=rng.standard_normal(shape_kv, dtype=np.float32),
            v=rng.standard_normal(shape_kv, dtype=np.float32),
            dout=rng.standard_normal(shape_q, dtype=np.float32))
-  dump = tmp_path / "dump"
-  captured = _run_child(tmp_path, "captured", f"{CAPTURE_FLAGS} --xla_dump_to={dump} --xla_dump_hlo_as_text")
-  plain = _run_child(tmp_path, "plain", NO_CAPTURE_FLAGS)
+  captured_dump, plain_dump = tmp_path / "captured_dump", tmp_path / "plain_dump"
+  captured = _run_child(tmp_path, "captured", f"{CAPTURE_FLAGS} --xla_dump_to={captured_dump}")
+  plain = _run_child(tmp_path, "plain", f"{NO_CAPTURE_FLAGS} --xla_dump_to={plain_dump}")
 
-  outlined = "\n".join(_command_buffer_computations(dump))
-  assert "jax_flash_fwd" in outlined and "jax_flash_bwd" in outlined, (
-      "XLA did not put the jax_flash custom calls into a command buffer; optimized HLO dumped in " + str(dump))
+  # Only custom calls may become commands under CAPTURE_FLAGS, and jax_flash's are the only ones in the program.
+  captured_thunks, plain_thunks = _thunk_kinds(captured_dump), _thunk_kinds(plain_dump)
+  assert "kCommandBuffer" in captured_thunks, "no command buffer in the captured run:\n" + captured_thunks[:3000]
+  assert not re.search(r"^\d+:\s*kCustomCall", captured_thunks, re.MULTILINE), (
+      "a custom call runs outside the command buffers:\n" + captured_thunks[:3000])
+  assert "kCommandBuffer" not in plain_thunks, "the uncaptured run used command buffers:\n" + plain_thunks[:3000]
   for name in ("o", "lse", "dk", "dv"):
     assert np.array_equal(captured[name], plain[name]), f"{name} differs between captured and uncaptured runs"
   assert_close(captured["dq"], plain["dq"], jnp.bfloat16, "dq, captured vs uncaptured", factor=0.1)

@@ -3,6 +3,8 @@
 // never synchronise (the backward's workspaces are outputs of the call), so XLA may capture them in CUDA graphs.
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
 
@@ -66,6 +68,9 @@ ffi::ErrorOr<Launch> prepare_launch(cudaStream_t stream, const ffi::AnyBuffer& q
                              " allows " + std::to_string(device.max_smem_per_block));
   if (p.batch > kMaxGridDim || p.heads_q > kMaxGridDim)
     return ffi_args::invalid("batch and heads must be at most " + std::to_string(kMaxGridDim) + " on GPUs");
+  if (sm80::kMaxTileRows * p.q_row_stride() > std::numeric_limits<int32_t>::max())
+    return ffi_args::invalid("heads x head_dim (" + std::to_string(p.q_row_stride()) + ") must be below " +
+                             std::to_string(std::numeric_limits<int32_t>::max() / sm80::kMaxTileRows) + " on GPUs");
   return Launch{{stream, device.device, device.sm_count}, instance};
 }
 

@@ -13,6 +13,7 @@
 #include <cute/tensor.hpp>
 
 #include "common/mask.h"
+#include "sm80/atomic_accumulate.h"
 #include "sm80/block_gemm.h"
 #include "sm80/epilogue.h"
 #include "sm80/fragment_layout.h"
@@ -58,11 +59,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) backward_kernel(const Bac
   const int64_t group = p.group_size();
   const int64_t tiles = m_blocks * group;  // (query head, query block) pairs, head-major
 
+  // Offsets inside a tile fit 32 bits (the handler checks heads x head_dim); tile origins are 64-bit.
   const int64_t q_row_stride = p.q_row_stride();
   const int64_t kv_row_stride = p.kv_row_stride();
   const int64_t kv_offset = (batch * p.seqlen_k + keys.begin) * kv_row_stride + kv_head * p.head_dim;
-  auto kv_tile_layout = make_layout(Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_stride(kv_row_stride, _1{}));
-  auto q_tile_layout = make_layout(Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_stride(q_row_stride, _1{}));
+  auto kv_tile_layout = make_layout(Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_stride(int(kv_row_stride), _1{}));
+  auto q_tile_layout = make_layout(Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_stride(int(q_row_stride), _1{}));
+  const int head_dim = int(p.head_dim);
 
   // Shared memory.
   Element* smem_q = smem;
@@ -95,12 +98,24 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) backward_kernel(const Bac
   Tensor tQsQ = gmem_thr.partition_D(sQ);
   Tensor tdOsdO = gmem_thr.partition_D(sdO);
 
-  // Query head and first row of tile t.
-  auto tile_head = [&](int64_t t) { return kv_head * group + t / m_blocks; };
-  auto tile_row0 = [&](int64_t t) { return (first_m_block + t % m_blocks) * kBlockM; };
-  auto load_query_tile = [&](int64_t t, int stage) {
-    const int64_t row0 = tile_row0(t);
-    const int64_t offset = (batch * p.seqlen_q + row0) * q_row_stride + tile_head(t) * p.head_dim;
+  // Tiles run over the query blocks of one head, then the next head of the group: (head, first row) of a tile.
+  struct QueryTile {
+    int64_t head;
+    int64_t row0;
+  };
+  const int64_t first_row = first_m_block * kBlockM;
+  const int64_t end_row = (first_m_block + m_blocks) * kBlockM;
+  auto next_tile = [&](QueryTile tile) {
+    tile.row0 += kBlockM;
+    if (tile.row0 == end_row) tile = {tile.head + 1, first_row};
+    return tile;
+  };
+  auto q_tile_offset = [&](QueryTile tile) {
+    return (batch * p.seqlen_q + tile.row0) * q_row_stride + tile.head * p.head_dim;
+  };
+  auto load_query_tile = [&](QueryTile tile, int stage) {
+    const int64_t row0 = tile.row0;
+    const int64_t offset = q_tile_offset(tile);
     Tensor gQ = make_tensor(make_gmem_ptr(static_cast<const Element*>(args.q) + offset), q_tile_layout);
     Tensor gdO = make_tensor(make_gmem_ptr(static_cast<const Element*>(args.dout) + offset), q_tile_layout);
     load_tile(gmem_load, gmem_thr.partition_S(gQ), at_stage(tQsQ, stage * kQdOTile), tQc, col_ok,
@@ -172,33 +187,36 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) backward_kernel(const Bac
   Tensor gV = make_tensor(make_gmem_ptr(static_cast<const Element*>(args.v) + kv_offset), kv_tile_layout);
   load_tile(gmem_load, gmem_thr.partition_S(gK), gmem_thr.partition_D(sK), tKVc, col_ok, keys.end - keys.begin);
   load_tile(gmem_load, gmem_thr.partition_S(gV), gmem_thr.partition_D(sV), tKVc, col_ok, keys.end - keys.begin);
-  if (tiles > 0) load_query_tile(0, 0);
+  QueryTile tile{kv_head * group, first_row};
+  if (tiles > 0) load_query_tile(tile, 0);
   cute::cp_async_fence();
 
-  for (int64_t t = 0; t < tiles; ++t) {
+  for (int64_t t = 0; t < tiles; ++t, tile = next_tile(tile)) {
     const int stage = kStages == 2 ? int(t & 1) : 0;
     const int q_stage = stage * kQdOTile;
-    const int64_t head = tile_head(t);
-    const int64_t row0 = tile_row0(t);
+    const int64_t row0 = tile.row0;
     const IndexRange rows{row0, jf_min(row0 + kBlockM, p.seqlen_q)};
+    const int valid_rows = int(rows.end - rows.begin);
 
     // lse (in log2 units) and softmax_d of this thread's rows. Rows past Sq and rows that saw no key get
     // lse = +inf, so their probabilities are exactly 0.
-    const int64_t stats_offset = (batch * p.heads_q + head) * p.seqlen_q;
+    const int64_t stats_offset = (batch * p.heads_q + tile.head) * p.seqlen_q + row0;
+    const float* lse_rows = args.lse + stats_offset;
+    const float* softmax_d_rows = args.softmax_d + stats_offset;
     float lse_log2[kRows];
     float softmax_d[kRows];
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
-      const int64_t row = row0 + get<0>(score_coords(r, 0));
-      const float lse = row < p.seqlen_q ? args.lse[stats_offset + row] : kNegInf;
+      const int row = get<0>(score_coords(r, 0));
+      const float lse = row < valid_rows ? lse_rows[row] : kNegInf;
       lse_log2[r] = lse == kNegInf ? INFINITY : lse * kLog2e;
-      softmax_d[r] = row < p.seqlen_q ? args.softmax_d[stats_offset + row] : 0.0f;
+      softmax_d[r] = row < valid_rows ? softmax_d_rows[row] : 0.0f;
     }
 
     cute::cp_async_wait<0>();
     __syncthreads();  // this tile has landed; every warp is done with the previous one (its stage, P and dS)
     if (kStages == 2 && t + 1 < tiles) {
-      load_query_tile(t + 1, stage ^ 1);
+      load_query_tile(next_tile(tile), stage ^ 1);
       cute::cp_async_fence();
     }
 
@@ -245,20 +263,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) backward_kernel(const Bac
     clear(acc_dq);
     gemm_ss(mma_dq, acc_dq, smem_operand(copy_ds, thr_copy_ds, tdQsdS, tdQrdS),
             smem_operand(copy_kt, thr_copy_kt, tdQsKt, tdQrKt));
-    float* dq_accum = args.dq_accum + (batch * p.seqlen_q + row0) * q_row_stride + head * p.head_dim;
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_dq); ++i) {
-      const int row = get<0>(dq_coords(i));
-      const int col = get<1>(dq_coords(i));
-      if (row0 + row < p.seqlen_q && col < p.head_dim) atomicAdd(dq_accum + row * q_row_stride + col, acc_dq(i));
-    }
+    Tensor gdQaccum = make_tensor(make_gmem_ptr(args.dq_accum + q_tile_offset(tile)), q_tile_layout);
+    atomic_add_tile<kBlockM, kHeadDim>(thr_dq.partition_C(gdQaccum), acc_dq, dq_coords, valid_rows, head_dim);
 
     gemm_ss(mma_dkv, acc_dk, smem_operand(copy_pdst, thr_copy_pdst, tdKsdSt, tdKrdSt),
             smem_operand(copy_qdot, thr_copy_qdot, at_stage(tdKsQt, q_stage), tdKrQt));
 
     if (kStages == 1 && t + 1 < tiles) {
       __syncthreads();  // every warp is done with the only stage
-      load_query_tile(t + 1, 0);
+      load_query_tile(next_tile(tile), 0);
       cute::cp_async_fence();
     }
   }

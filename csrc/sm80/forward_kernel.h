@@ -39,9 +39,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) forward_kernel(const Forw
   const int64_t kv_offset = batch * p.seqlen_k * kv_row_stride + p.kv_head(head) * p.head_dim;
   const int key_blocks = int((p.seqlen_k + kBlockN - 1) / kBlockN);
 
-  auto q_tile_layout = make_layout(Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_stride(q_row_stride, _1{}));
+  // Offsets inside a tile fit 32 bits (the handler checks heads x head_dim); tile origins are 64-bit.
+  auto q_tile_layout = make_layout(Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_stride(int(q_row_stride), _1{}));
   auto kv_tiles_layout = make_layout(make_shape(Int<kBlockN>{}, Int<kHeadDim>{}, key_blocks),
-                                     make_stride(kv_row_stride, _1{}, kBlockN * kv_row_stride));
+                                     make_stride(int(kv_row_stride), _1{}, kBlockN * kv_row_stride));
   Tensor gQ = make_tensor(make_gmem_ptr(static_cast<const Element*>(args.q) + q_offset), q_tile_layout);
   Tensor gK = make_tensor(make_gmem_ptr(static_cast<const Element*>(args.k) + kv_offset), kv_tiles_layout);
   Tensor gV = make_tensor(make_gmem_ptr(static_cast<const Element*>(args.v) + kv_offset), kv_tiles_layout);

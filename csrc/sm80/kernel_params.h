@@ -13,6 +13,10 @@ namespace jax_flash::sm80 {
 
 enum class ElementKind { kFloat16, kBFloat16 };
 
+// No instance has blocks of more rows than this; the kernels index inside a tile with 32-bit offsets, so
+// kMaxTileRows * heads * head_dim must stay below 2^31 (the handlers check).
+constexpr int64_t kMaxTileRows = 128;
+
 struct ForwardArgs {
   AttentionParams params;
   const void* q;

@@ -93,6 +93,7 @@ struct ForwardTraits {
   static constexpr int kWarps = Shape_::kWarps;
   static constexpr int kThreads = kWarps * 32;
   static_assert(kBlockM == 16 * kWarps || kBlockM == 32 * kWarps, "each warp owns 16 or 32 query rows");
+  static_assert(kBlockM <= kMaxTileRows && kBlockN <= kMaxTileRows);
 
   using Tiling = HeadDimTiling<Element, kHeadDim>;
   using TiledMma = WarpTiledMma<typename ElementTypes<kKind>::MmaAtom, kWarps, 1>;
@@ -147,6 +148,7 @@ struct BackwardTraits {
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kStages = Shape_::kStages;
   static_assert(kStages == 1 || kStages == 2);
+  static_assert(kBlockM <= kMaxTileRows && kBlockN <= kMaxTileRows);
 
   using Tiling = HeadDimTiling<Element, kHeadDim>;
   using Smem = SmemAtoms<Element>;
