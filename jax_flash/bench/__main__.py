@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--json", metavar="PATH", help="also write every result (and skip reasons) as JSON")
   parser.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16")
   parser.add_argument("--peers", nargs="*", help="names of the peers to run (default: all)")
+  parser.add_argument("--head-dims", nargs="*", type=int, help="only these head dims of the grid")
+  parser.add_argument("--seqlens", nargs="*", type=int, help="only these sequence lengths (batch = 16384 / seqlen)")
   parser.add_argument("--seconds-per-point", type=float, default=None,
                       help="timing budget per (shape, peer, pass); default 0.25 with --quick, 1.0 otherwise")
   args = parser.parse_args(argv)
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
   dtype = jnp.dtype(args.dtype)
   print(f"# {device.device_kind}, jax {jax.__version__}, {args.dtype}, batch x seqlen = {grid.TOKENS}, "
         f"heads x head_dim = {grid.HIDDEN}; TFLOP/s; bwd = (fwd+bwd) - fwd", file=sys.stderr)
-  results = run(grid.shapes(args.quick), peer_table, dtype, budget)
+  results = run(grid.shapes(args.quick, args.head_dims, args.seqlens), peer_table, dtype, budget)
 
   names = [p.name for p in peer_table]
   print(f"{device.device_kind}, jax {jax.__version__}, {args.dtype}; TFLOP/s (forward 4·B·H·S²·D, halved when "

@@ -35,7 +35,8 @@ class Shape:
     return forward * PASS_FLOP_FACTOR[pass_name]
 
 
-def shapes(quick: bool) -> list[Shape]:
-  head_dims = QUICK_HEAD_DIMS if quick else HEAD_DIMS
-  seqlens = QUICK_SEQLENS if quick else SEQLENS
+def shapes(quick: bool, head_dims=None, seqlens=None) -> list[Shape]:
+  """The grid (or its quick subset), optionally restricted to some head dims and sequence lengths."""
+  head_dims = head_dims or (QUICK_HEAD_DIMS if quick else HEAD_DIMS)
+  seqlens = seqlens or (QUICK_SEQLENS if quick else SEQLENS)
   return [Shape.from_grid(s, d, c) for d in head_dims for s in seqlens for c in (False, True)]
