@@ -24,6 +24,10 @@ NB_MODULE(_jax_flash_ext, m) {
     nb::dict fwd, bwd;
     fwd["cpu"] = handler_capsule(jax_flash_fwd_cpu);
     bwd["cpu"] = handler_capsule(jax_flash_bwd_cpu);
+#ifdef JAX_FLASH_WITH_CUDA
+    fwd["CUDA"] = handler_capsule(jax_flash_fwd_cuda);
+    bwd["CUDA"] = handler_capsule(jax_flash_bwd_cuda);
+#endif
     targets["jax_flash_fwd"] = fwd;
     targets["jax_flash_bwd"] = bwd;
     return targets;

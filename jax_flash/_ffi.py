@@ -43,14 +43,40 @@ def build_info() -> dict[str, object]:
   }
 
 
-def check_platform_supported() -> None:
-  """Raises at trace time when the default backend is a GPU but this build has no CUDA kernels."""
-  backend = jax.default_backend()
-  if backend == "gpu" and not has_cuda():
+# dtypes the CUDA kernels take (16-bit tensor cores); the CPU kernels also take float32.
+GPU_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+
+
+def _target_platform() -> str:
+  """The platform a call traced now will run on: the default device's if one is set, else the default backend's."""
+  device = jax.config.jax_default_device
+  if device is None:
+    return jax.default_backend()
+  platform = device if isinstance(device, str) else device.platform
+  return "gpu" if platform in ("cuda", "gpu") else platform
+
+
+def check_platform_supported(dtype=None, head_dim: int | None = None) -> None:
+  """Raises at trace time when the call will run on a GPU that this build, or the CUDA kernels, cannot serve."""
+  if _target_platform() != "gpu":
+    return
+  if not has_cuda():
     raise RuntimeError(
         "jax_flash was built without CUDA kernels (no nvcc was found when it was installed), but JAX's default "
         "backend is a GPU. Reinstall on a machine with the CUDA toolkit (`pip install .`), or run on the CPU "
         "(e.g. inside `with jax.default_device(jax.devices('cpu')[0]):`)."
+    )
+  if dtype is not None and jnp.dtype(dtype) not in GPU_DTYPES:
+    raise TypeError(
+        f"q, k and v must be float16 or bfloat16 on GPUs (the CUDA kernels run on 16-bit tensor cores); got "
+        f"{jnp.dtype(dtype).name}. Cast them, e.g. q.astype(jnp.bfloat16), or run on the CPU for float32."
+    )
+  built = build_info()["cuda_head_dims"]
+  if head_dim is not None and built and head_dim > max(built):
+    raise ValueError(
+        f"head_dim {head_dim} has no CUDA kernel in this build (built for head dims {built}; a head dim runs on the "
+        f"smallest built one >= it). Reinstall with JAX_FLASH_HEAD_DIMS including {max(built)} or more, e.g. "
+        f"JAX_FLASH_HEAD_DIMS='64;128;256'."
     )
 
 
@@ -84,14 +110,30 @@ def _stats_shape(q: jax.Array, operands: tuple[jax.Array, ...]) -> jax.ShapeDtyp
   return _result((batch, heads_q, seqlen_q), jnp.float32, operands)
 
 
+# The CUDA forward's scratch for the persistent Hopper kernel's tile counter (int32 words), an extra output of the
+# call so that the handler allocates nothing at run time.
+FWD_CUDA_WORKSPACE_WORDS = 4
+
+
 def forward(q: jax.Array, k: jax.Array, v: jax.Array, config: AttentionConfig) -> tuple[jax.Array, jax.Array]:
-  """o [B, Sq, Hq, D] (q's dtype) and lse [B, Hq, Sq] (float32) from q [B, Sq, Hq, D], k, v [B, Sk, Hk, D]."""
-  call = jax.ffi.ffi_call(
-      FWD_TARGET,
-      (_result(q.shape, q.dtype, (q, k, v)), _stats_shape(q, (q, k, v))),
-      vmap_method="sequential",
-  )
-  return call(q, k, v, **_attrs(config))
+  """o [B, Sq, Hq, D] (q's dtype) and lse [B, Hq, Sq] (float32) from q [B, Sq, Hq, D], k, v [B, Sk, Hk, D].
+
+  The CUDA handler also writes a small int32 workspace (FWD_CUDA_WORKSPACE_WORDS), dropped here; the CPU handler
+  has none. `platform_dependent` lowers only the branch of the platform being compiled for.
+  """
+  operands = (q, k, v)
+  outputs = (_result(q.shape, q.dtype, operands), _stats_shape(q, operands))
+  workspace = _result((FWD_CUDA_WORKSPACE_WORDS,), jnp.int32, operands)
+  attrs = _attrs(config)
+
+  def cpu(*args):
+    return jax.ffi.ffi_call(FWD_TARGET, outputs, vmap_method="sequential")(*args, **attrs)
+
+  def cuda(*args):
+    o, lse, _ = jax.ffi.ffi_call(FWD_TARGET, outputs + (workspace,), vmap_method="sequential")(*args, **attrs)
+    return o, lse
+
+  return jax.lax.platform_dependent(*operands, cpu=cpu, cuda=cuda)
 
 
 def backward(
@@ -104,11 +146,21 @@ def backward(
     dlse: jax.Array,
     config: AttentionConfig,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """dq [B, Sq, Hq, D], dk, dv [B, Sk, Hk, D] from the cotangents of o and lse and the forward's residuals."""
+  """dq [B, Sq, Hq, D], dk, dv [B, Sk, Hk, D] from the cotangents of o and lse and the forward's residuals.
+
+  The CUDA handler takes its float32 workspaces (dq accumulator [B, Sq, Hq, D], softmax_d [B, Hq, Sq]) as extra
+  outputs, so that it allocates nothing at run time; they are dropped here. The CPU handler has none.
+  """
   operands = (dout, q, k, v, o, lse, dlse)
-  call = jax.ffi.ffi_call(
-      BWD_TARGET,
-      tuple(_result(x.shape, x.dtype, operands) for x in (q, k, v)),
-      vmap_method="sequential",
-  )
-  return call(*operands, **_attrs(config))
+  gradients = tuple(_result(x.shape, x.dtype, operands) for x in (q, k, v))
+  workspaces = (_result(q.shape, jnp.float32, operands), _stats_shape(q, operands))
+  attrs = _attrs(config)
+
+  def cpu(*args):
+    return jax.ffi.ffi_call(BWD_TARGET, gradients, vmap_method="sequential")(*args, **attrs)
+
+  def cuda(*args):
+    dq, dk, dv, _, _ = jax.ffi.ffi_call(BWD_TARGET, gradients + workspaces, vmap_method="sequential")(*args, **attrs)
+    return dq, dk, dv
+
+  return jax.lax.platform_dependent(*operands, cpu=cpu, cuda=cuda)

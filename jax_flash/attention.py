@@ -49,6 +49,6 @@ def attention(
   )
   if not isinstance(return_lse, bool):
     raise TypeError(f"return_lse must be a Python bool; got {return_lse!r} ({type(return_lse).__name__})")
-  _ffi.check_platform_supported()
+  _ffi.check_platform_supported(q.dtype, q.shape[-1])
   o, lse = flash_attention(q, k, v, config)
   return (o, lse) if return_lse else o

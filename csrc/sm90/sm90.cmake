@@ -27,10 +27,13 @@ function(jax_flash_add_sm90_forward target head_dims cutlass_include)
   endforeach()
 
   add_library(${target} STATIC ${sources})
-  # wgmma and setmaxnreg exist only in the architecture-specific sm_90a target.
-  set_target_properties(${target} PROPERTIES CUDA_ARCHITECTURES 90a POSITION_INDEPENDENT_CODE ON)
+  # wgmma and setmaxnreg exist only in the architecture-specific sm_90a target, written in the -gencode form (the
+  # -arch=sm_90a shorthand also runs a plain sm_90 pass that rejects them).
+  set_target_properties(${target} PROPERTIES CUDA_ARCHITECTURES OFF POSITION_INDEPENDENT_CODE ON)
   target_include_directories(${target} PUBLIC "${PROJECT_SOURCE_DIR}/csrc" PRIVATE "${cutlass_include}")
-  target_compile_definitions(${target} PRIVATE ${definitions})
-  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr>)
+  target_compile_definitions(${target} PRIVATE ${definitions} NDEBUG)
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a>)
+  target_link_libraries(${target} PUBLIC CUDA::cudart_static)
   message(STATUS "jax_flash: sm90 forward head-dim tiles ${tiles}")
 endfunction()
