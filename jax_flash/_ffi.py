@@ -110,30 +110,22 @@ def _stats_shape(q: jax.Array, operands: tuple[jax.Array, ...]) -> jax.ShapeDtyp
   return _result((batch, heads_q, seqlen_q), jnp.float32, operands)
 
 
-# The CUDA forward's scratch for the persistent Hopper kernel's tile counter (int32 words), an extra output of the
-# call so that the handler allocates nothing at run time.
-FWD_CUDA_WORKSPACE_WORDS = 4
+# The forward's scratch for the persistent Hopper kernel's tile counter (int32 words). Workspaces are outputs of
+# the calls so that the CUDA handlers allocate nothing at run time; the calls have the same outputs on every
+# platform, so the batching and partitioning rules around them need not know the platform.
+FWD_WORKSPACE_WORDS = 4
 
 
 def forward(q: jax.Array, k: jax.Array, v: jax.Array, config: AttentionConfig) -> tuple[jax.Array, jax.Array]:
-  """o [B, Sq, Hq, D] (q's dtype) and lse [B, Hq, Sq] (float32) from q [B, Sq, Hq, D], k, v [B, Sk, Hk, D].
-
-  The CUDA handler also writes a small int32 workspace (FWD_CUDA_WORKSPACE_WORDS), dropped here; the CPU handler
-  has none. `platform_dependent` lowers only the branch of the platform being compiled for.
-  """
+  """o [B, Sq, Hq, D] (q's dtype) and lse [B, Hq, Sq] (float32) from q [B, Sq, Hq, D], k, v [B, Sk, Hk, D]."""
   operands = (q, k, v)
-  outputs = (_result(q.shape, q.dtype, operands), _stats_shape(q, operands))
-  workspace = _result((FWD_CUDA_WORKSPACE_WORDS,), jnp.int32, operands)
-  attrs = _attrs(config)
-
-  def cpu(*args):
-    return jax.ffi.ffi_call(FWD_TARGET, outputs, vmap_method="sequential")(*args, **attrs)
-
-  def cuda(*args):
-    o, lse, _ = jax.ffi.ffi_call(FWD_TARGET, outputs + (workspace,), vmap_method="sequential")(*args, **attrs)
-    return o, lse
-
-  return jax.lax.platform_dependent(*operands, cpu=cpu, cuda=cuda)
+  outputs = (
+      _result(q.shape, q.dtype, operands),
+      _stats_shape(q, operands),
+      _result((FWD_WORKSPACE_WORDS,), jnp.int32, operands),  # workspace, dropped
+  )
+  o, lse, _ = jax.ffi.ffi_call(FWD_TARGET, outputs, vmap_method="sequential")(*operands, **_attrs(config))
+  return o, lse
 
 
 def backward(
@@ -148,19 +140,13 @@ def backward(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """dq [B, Sq, Hq, D], dk, dv [B, Sk, Hk, D] from the cotangents of o and lse and the forward's residuals.
 
-  The CUDA handler takes its float32 workspaces (dq accumulator [B, Sq, Hq, D], softmax_d [B, Hq, Sq]) as extra
-  outputs, so that it allocates nothing at run time; they are dropped here. The CPU handler has none.
+  Two float32 workspaces are dropped: the dq accumulator [B, Sq, Hq, D] (CUDA) and softmax_d [B, Hq, Sq]
+  (rowsum(dout * o) - dlse, every platform).
   """
   operands = (dout, q, k, v, o, lse, dlse)
-  gradients = tuple(_result(x.shape, x.dtype, operands) for x in (q, k, v))
-  workspaces = (_result(q.shape, jnp.float32, operands), _stats_shape(q, operands))
-  attrs = _attrs(config)
-
-  def cpu(*args):
-    return jax.ffi.ffi_call(BWD_TARGET, gradients, vmap_method="sequential")(*args, **attrs)
-
-  def cuda(*args):
-    dq, dk, dv, _, _ = jax.ffi.ffi_call(BWD_TARGET, gradients + workspaces, vmap_method="sequential")(*args, **attrs)
-    return dq, dk, dv
-
-  return jax.lax.platform_dependent(*operands, cpu=cpu, cuda=cuda)
+  outputs = tuple(_result(x.shape, x.dtype, operands) for x in (q, k, v)) + (
+      _result(q.shape, jnp.float32, operands),  # dq accumulator, dropped
+      _stats_shape(q, operands),  # softmax_d, dropped
+  )
+  dq, dk, dv, _, _ = jax.ffi.ffi_call(BWD_TARGET, outputs, vmap_method="sequential")(*operands, **_attrs(config))
+  return dq, dk, dv

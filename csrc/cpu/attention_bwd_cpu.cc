@@ -218,13 +218,12 @@ void backward(const BackwardProblem<T>& pb, const ParallelFor& parallel_for) {
 
 void attention_backward(ElementType type, const AttentionParams& params, const void* dout, const void* q,
                         const void* k, const void* v, const void* o, const float* lse, const float* dlse, void* dq,
-                        void* dk, void* dv, const ParallelFor& parallel_for) {
-  std::vector<float> delta(params.batch * params.heads_q * params.seqlen_q);
+                        void* dk, void* dv, float* delta, const ParallelFor& parallel_for) {
   auto run = [&](auto tag) {
     using T = decltype(tag);
     backward(BackwardProblem<T>{params, static_cast<const T*>(dout), static_cast<const T*>(q),
                                 static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(o), lse,
-                                dlse, static_cast<T*>(dq), static_cast<T*>(dk), static_cast<T*>(dv), delta.data()},
+                                dlse, static_cast<T*>(dq), static_cast<T*>(dk), static_cast<T*>(dv), delta},
              parallel_for);
   };
   dispatch_element_type(type, run);

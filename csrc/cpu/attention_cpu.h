@@ -19,9 +19,10 @@ void attention_forward(ElementType type, const AttentionParams& params, const vo
                        void* o, float* lse, const ParallelFor& parallel_for);
 
 // dq, dk, dv from the output cotangent dout, the forward's inputs and outputs (o, lse) and the lse cotangent dlse
-// [B, Hq, Sq]. dk and dv have Hk heads: each is summed over the query heads of its group.
+// [B, Hq, Sq]. dk and dv have Hk heads: each is summed over the query heads of its group. `delta` [B, Hq, Sq] is
+// scratch: it receives rowsum(dout * o) - dlse.
 void attention_backward(ElementType type, const AttentionParams& params, const void* dout, const void* q,
                         const void* k, const void* v, const void* o, const float* lse, const float* dlse, void* dq,
-                        void* dk, void* dv, const ParallelFor& parallel_for);
+                        void* dk, void* dv, float* delta, const ParallelFor& parallel_for);
 
 }  // namespace jax_flash::cpu

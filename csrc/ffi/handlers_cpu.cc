@@ -77,8 +77,12 @@ ffi::ErrorOr<cpu::ElementType> cpu_element_type(const ffi::AnyBuffer& buffer) {
   }
 }
 
+// The custom calls have one signature on every platform (so that partitioning and batching rules need not know the
+// platform): the forward's int32 workspace serves the CUDA handler's persistent scheduler and is not written here;
+// of the backward's two float32 workspaces the CPU kernels use softmax_d for delta and leave dq_accum unwritten.
 ffi::Error forward_cpu(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
-                       ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::Buffer<ffi::F32>> lse, MaskAttrs attrs) {
+                       ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::Buffer<ffi::F32>> lse,
+                       ffi::Result<ffi::Buffer<ffi::S32>> /*workspace*/, MaskAttrs attrs) {
   AttentionParams p;
   if (auto err = ffi_args::make_params(q, k, v, attrs, p); err.failure()) return err;
   if (auto err = ffi_args::expect_q_shape(*o, p, "o"); err.failure()) return err;
@@ -94,7 +98,8 @@ ffi::Error forward_cpu(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k,
 ffi::Error backward_cpu(ffi::ThreadPool pool, ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k,
                         ffi::AnyBuffer v, ffi::AnyBuffer o, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dlse,
                         ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
-                        ffi::Result<ffi::AnyBuffer> dv, MaskAttrs attrs) {
+                        ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::Buffer<ffi::F32>> /*dq_accum*/,
+                        ffi::Result<ffi::Buffer<ffi::F32>> softmax_d, MaskAttrs attrs) {
   AttentionParams p;
   if (auto err = ffi_args::make_params(q, k, v, attrs, p); err.failure()) return err;
   for (auto [buffer, name] : {std::pair<const ffi::AnyBuffer*, const char*>{&dout, "dout"}, {&o, "o"}, {&*dq, "dq"}})
@@ -103,6 +108,7 @@ ffi::Error backward_cpu(ffi::ThreadPool pool, ffi::AnyBuffer dout, ffi::AnyBuffe
     if (auto err = ffi_args::expect_kv_shape(*buffer, p, name); err.failure()) return err;
   if (auto err = ffi_args::expect_stats_shape(lse, p, "lse"); err.failure()) return err;
   if (auto err = ffi_args::expect_stats_shape(dlse, p, "dlse"); err.failure()) return err;
+  if (auto err = ffi_args::expect_stats_shape(*softmax_d, p, "softmax_d"); err.failure()) return err;
   for (const ffi::AnyBuffer* buffer : {&dout, &o, &*dq, &*dk, &*dv})
     if (buffer->element_type() != q.element_type())
       return ffi_args::invalid("dout, o, dq, dk and dv must have q's dtype");
@@ -110,7 +116,8 @@ ffi::Error backward_cpu(ffi::ThreadPool pool, ffi::AnyBuffer dout, ffi::AnyBuffe
   if (type.has_error()) return type.error();
   cpu::attention_backward(type.value(), p, dout.untyped_data(), q.untyped_data(), k.untyped_data(),
                           v.untyped_data(), o.untyped_data(), lse.typed_data(), dlse.typed_data(),
-                          dq->untyped_data(), dk->untyped_data(), dv->untyped_data(), make_parallel_for(pool));
+                          dq->untyped_data(), dk->untyped_data(), dv->untyped_data(), softmax_d->typed_data(),
+                          make_parallel_for(pool));
   return ffi::Error::Success();
 }
 
@@ -125,6 +132,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_flash_fwd_cpu, jax_flash::forward_cpu,
                                   .Arg<xla::ffi::AnyBuffer>()                // v
                                   .Ret<xla::ffi::AnyBuffer>()                // o
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()    // lse
+                                  .Ret<xla::ffi::Buffer<xla::ffi::S32>>()    // workspace (CUDA only)
                                   .Attrs<jax_flash::ffi_args::MaskAttrs>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_flash_bwd_cpu, jax_flash::backward_cpu,
@@ -140,4 +148,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_flash_bwd_cpu, jax_flash::backward_cpu,
                                   .Ret<xla::ffi::AnyBuffer>()                // dq
                                   .Ret<xla::ffi::AnyBuffer>()                // dk
                                   .Ret<xla::ffi::AnyBuffer>()                // dv
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()    // dq_accum (CUDA only)
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()    // softmax_d (delta)
                                   .Attrs<jax_flash::ffi_args::MaskAttrs>());
