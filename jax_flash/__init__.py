@@ -7,6 +7,10 @@
 from jax_flash._ffi import build_info, has_cuda
 from jax_flash.attention import attention
 from jax_flash.reference import reference_attention
+from jax_flash.ring import from_ring_layout, ring_attention, to_ring_layout
 
-__all__ = ["attention", "build_info", "has_cuda", "reference_attention"]
+__all__ = [
+    "attention", "build_info", "from_ring_layout", "has_cuda", "reference_attention", "ring_attention",
+    "to_ring_layout",
+]
 __version__ = "0.1.0"
