@@ -29,7 +29,7 @@ SIMULATED_DEVICES = 8
 FAST_CPU_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
-def _run_cases(env_updates: dict[str, str]) -> str:
+def _run_cases(env_updates: dict[str, str], *, allow_skips: bool) -> str:
   # -P: import the installed jax_flash (with its compiled extension), not the source tree in the working directory.
   env = dict(os.environ, **env_updates)
   result = subprocess.run(
@@ -39,7 +39,9 @@ def _run_cases(env_updates: dict[str, str]) -> str:
   output = result.stdout + result.stderr
   assert result.returncode == 0, output
   summary = output.strip().splitlines()[-1]
-  assert re.search(r"\d+ passed", summary) and "skipped" not in summary, output
+  assert re.search(r"\d+ passed", summary), output
+  # On 8 devices every case applies; a machine with 2 GPUs skips those that need more devices (or CPU dtypes).
+  assert allow_skips or "skipped" not in summary, output
   return summary
 
 
@@ -47,14 +49,15 @@ def test_ring_attention_on_8_simulated_cpu_devices_equals_single_device():
   _run_cases({
       "JAX_PLATFORMS": "cpu",
       "XLA_FLAGS": f"--xla_force_host_platform_device_count={SIMULATED_DEVICES} {FAST_CPU_COMPILE}",
-  })
+  }, allow_skips=False)
 
 
 @pytest.mark.gpu
 def test_ring_attention_on_local_gpus_equals_single_gpu():
   if len(jax.devices()) < 2 or jax.default_backend() != "gpu":
     pytest.skip("needs at least 2 GPUs")
-  _run_cases({})
+  # This process may already hold most of the GPU memory (JAX preallocates): the cases allocate as they go.
+  print(_run_cases({"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}, allow_skips=True))
 
 
 # ----------------------------------------------------------------------------------------------------------------
