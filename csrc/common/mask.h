@@ -19,10 +19,11 @@ struct IndexRange {
 JF_HOST_DEVICE int64_t jf_min(int64_t a, int64_t b) { return a < b ? a : b; }
 JF_HOST_DEVICE int64_t jf_max(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// Keys visible to query row `row`. Both ends are nondecreasing in `row`.
+// Keys visible to query row `row`, within [0, Sk]. Both ends are nondecreasing in `row`.
 JF_HOST_DEVICE IndexRange visible_keys(const AttentionParams& p, int64_t row) {
   const int64_t diagonal = p.diagonal(row);
-  const int64_t begin = p.window_left == kUnbounded ? 0 : jf_max(0, diagonal - p.window_left);
+  // Clamped to Sk: with a positive diagonal_offset a row's window can start past the last key.
+  const int64_t begin = p.window_left == kUnbounded ? 0 : jf_min(p.seqlen_k, jf_max(0, diagonal - p.window_left));
   const int64_t end = p.window_right == kUnbounded ? p.seqlen_k : jf_min(p.seqlen_k, diagonal + p.window_right + 1);
   return {begin, jf_max(begin, end)};
 }
@@ -41,7 +42,8 @@ JF_HOST_DEVICE bool block_fully_visible(const AttentionParams& p, IndexRange row
 JF_HOST_DEVICE IndexRange visible_queries(const AttentionParams& p, IndexRange keys) {
   const int64_t offset = p.diagonal(0);
   // Row i sees key j iff j - offset - window_right <= i <= j - offset + window_left.
-  const int64_t begin = p.window_right == kUnbounded ? 0 : jf_max(0, keys.begin - offset - p.window_right);
+  const int64_t begin =
+      p.window_right == kUnbounded ? 0 : jf_min(p.seqlen_q, jf_max(0, keys.begin - offset - p.window_right));
   const int64_t end =
       p.window_left == kUnbounded ? p.seqlen_q : jf_min(p.seqlen_q, keys.end - 1 - offset + p.window_left + 1);
   return {begin, jf_max(begin, end)};
