@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "common/attention_params.h"
 #include "xla/ffi/api/ffi.h"
@@ -88,6 +89,39 @@ ffi::Error expect_kv_shape(const Buffer& b, const AttentionParams& p, const char
 template <typename Buffer>
 ffi::Error expect_stats_shape(const Buffer& b, const AttentionParams& p, const char* name) {
   return expect_dims(b, {p.batch, p.heads_q, p.seqlen_q}, name);
+}
+
+// Every platform's forward handler: q, k, v -> o (q's shape and dtype), lse [B, Hq, Sq].
+inline ffi::Error make_forward_params(const ffi::AnyBuffer& q, const ffi::AnyBuffer& k, const ffi::AnyBuffer& v,
+                                      const ffi::AnyBuffer& o, const ffi::Buffer<ffi::F32>& lse,
+                                      const MaskAttrs& attrs, AttentionParams& p) {
+  if (auto err = make_params(q, k, v, attrs, p); err.failure()) return err;
+  if (auto err = expect_q_shape(o, p, "o"); err.failure()) return err;
+  if (auto err = expect_stats_shape(lse, p, "lse"); err.failure()) return err;
+  if (o.element_type() != q.element_type()) return invalid("o must have q's dtype");
+  return ffi::Error::Success();
+}
+
+// Every platform's backward handler: (dout, q, k, v, o, lse, dlse) -> dq, dk, dv and the float32 workspaces
+// dq_accum (q's shape) and softmax_d [B, Hq, Sq].
+inline ffi::Error make_backward_params(const ffi::AnyBuffer& dout, const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
+                                       const ffi::AnyBuffer& v, const ffi::AnyBuffer& o,
+                                       const ffi::Buffer<ffi::F32>& lse, const ffi::Buffer<ffi::F32>& dlse,
+                                       const ffi::AnyBuffer& dq, const ffi::AnyBuffer& dk, const ffi::AnyBuffer& dv,
+                                       const ffi::Buffer<ffi::F32>& dq_accum, const ffi::Buffer<ffi::F32>& softmax_d,
+                                       const MaskAttrs& attrs, AttentionParams& p) {
+  if (auto err = make_params(q, k, v, attrs, p); err.failure()) return err;
+  for (auto [buffer, name] : {std::pair<const ffi::AnyBuffer*, const char*>{&dout, "dout"}, {&o, "o"}, {&dq, "dq"}})
+    if (auto err = expect_q_shape(*buffer, p, name); err.failure()) return err;
+  for (auto [buffer, name] : {std::pair<const ffi::AnyBuffer*, const char*>{&dk, "dk"}, {&dv, "dv"}})
+    if (auto err = expect_kv_shape(*buffer, p, name); err.failure()) return err;
+  if (auto err = expect_stats_shape(lse, p, "lse"); err.failure()) return err;
+  if (auto err = expect_stats_shape(dlse, p, "dlse"); err.failure()) return err;
+  if (auto err = expect_q_shape(dq_accum, p, "dq_accum"); err.failure()) return err;
+  if (auto err = expect_stats_shape(softmax_d, p, "softmax_d"); err.failure()) return err;
+  for (const ffi::AnyBuffer* buffer : {&dout, &o, &dq, &dk, &dv})
+    if (buffer->element_type() != q.element_type()) return invalid("dout, o, dq, dk and dv must have q's dtype");
+  return ffi::Error::Success();
 }
 
 }  // namespace jax_flash::ffi_args

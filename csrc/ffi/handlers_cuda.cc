@@ -106,10 +106,7 @@ ffi::Error forward_cuda(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
                         ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::Buffer<ffi::F32>> lse,
                         ffi::Result<ffi::Buffer<ffi::S32>> workspace, MaskAttrs attrs) {
   AttentionParams p;
-  if (auto err = ffi_args::make_params(q, k, v, attrs, p); err.failure()) return err;
-  if (auto err = ffi_args::expect_q_shape(*o, p, "o"); err.failure()) return err;
-  if (auto err = ffi_args::expect_stats_shape(*lse, p, "lse"); err.failure()) return err;
-  if (o->element_type() != q.element_type()) return ffi_args::invalid("o must have q's dtype");
+  if (auto err = ffi_args::make_forward_params(q, k, v, *o, *lse, attrs, p); err.failure()) return err;
   const auto launch = prepare_launch(stream, q, p, /*backward=*/false);
   if (launch.has_error()) return launch.error();
 #ifdef JAX_FLASH_WITH_SM90
@@ -130,18 +127,10 @@ ffi::Error backward_cuda(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuffe
                          ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::Buffer<ffi::F32>> dq_accum,
                          ffi::Result<ffi::Buffer<ffi::F32>> softmax_d, MaskAttrs attrs) {
   AttentionParams p;
-  if (auto err = ffi_args::make_params(q, k, v, attrs, p); err.failure()) return err;
-  for (auto [buffer, name] : {std::pair<const ffi::AnyBuffer*, const char*>{&dout, "dout"}, {&o, "o"}, {&*dq, "dq"}})
-    if (auto err = ffi_args::expect_q_shape(*buffer, p, name); err.failure()) return err;
-  for (auto [buffer, name] : {std::pair<const ffi::AnyBuffer*, const char*>{&*dk, "dk"}, {&*dv, "dv"}})
-    if (auto err = ffi_args::expect_kv_shape(*buffer, p, name); err.failure()) return err;
-  if (auto err = ffi_args::expect_stats_shape(lse, p, "lse"); err.failure()) return err;
-  if (auto err = ffi_args::expect_stats_shape(dlse, p, "dlse"); err.failure()) return err;
-  if (auto err = ffi_args::expect_q_shape(*dq_accum, p, "dq_accum"); err.failure()) return err;
-  if (auto err = ffi_args::expect_stats_shape(*softmax_d, p, "softmax_d"); err.failure()) return err;
-  for (const ffi::AnyBuffer* buffer : {&dout, &o, &*dq, &*dk, &*dv})
-    if (buffer->element_type() != q.element_type())
-      return ffi_args::invalid("dout, o, dq, dk and dv must have q's dtype");
+  if (auto err = ffi_args::make_backward_params(dout, q, k, v, o, lse, dlse, *dq, *dk, *dv, *dq_accum, *softmax_d,
+                                                attrs, p);
+      err.failure())
+    return err;
   const auto launch = prepare_launch(stream, q, p, /*backward=*/true);
   if (launch.has_error()) return launch.error();
   const sm80::BackwardArgs args{p, dout.untyped_data(), q.untyped_data(), k.untyped_data(), v.untyped_data(),
