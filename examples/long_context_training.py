@@ -1,8 +1,8 @@
 """Long-context training with the sequence split over devices: ring attention in a small decoder-only transformer.
 
-    python examples/long_context_training.py                      # CPU: 8 simulated devices, a few minutes
-    python examples/long_context_training.py --mapping pmap       # the same with jax.pmap instead of shard_map
-    python examples/long_context_training.py --seq-len 65536 --batch 8 --d-model 256 --steps 2000   # on GPUs
+    python examples/long_context_training.py                  # no GPU: 8 simulated CPU devices, a few minutes
+    python examples/long_context_training.py --mapping pmap   # the same steps under jax.pmap, not jax.shard_map
+    python examples/long_context_training.py --help           # every hyperparameter is a flag
 
 Every sequence is split over all local devices (GPUs when present, else `--cpu-devices` simulated CPU devices):
 device i holds the zigzag chunks i and 2N-1-i of the sequence, and `jax_flash.ring_attention` passes keys and

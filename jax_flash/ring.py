@@ -493,7 +493,12 @@ def _zigzag_to_contiguous(x, ring: _Ring, axis: int):
   return jnp.concatenate(halves, axis=axis)
 
 
-def _sharded_ring(q, config: AttentionConfig, axis_name: AxisName) -> _Ring:
+def _sharded_ring(q, k, config: AttentionConfig, axis_name: AxisName) -> _Ring:
+  if q.shape[_SEQ_AXIS] != k.shape[_SEQ_AXIS]:
+    raise ValueError(
+        f"ring attention over a sharded sequence needs q and k/v split alike: local seqlen of q "
+        f"{q.shape[_SEQ_AXIS]}, of k and v {k.shape[_SEQ_AXIS]} (gather the sequence for cross-attention instead)"
+    )
   size = _ring_size(axis_name)
   return _Ring(axis_name, size, _sequence_layout(config, size, q.shape[_SEQ_AXIS]))
 
@@ -527,7 +532,7 @@ def sharded_forward(q, k, v, config: AttentionConfig, axis_name: AxisName):
   Causal attention without a left window bound is computed in the zigzag layout (shards are exchanged in and out
   with two half-shard transfers each), so every device does the same work; anything else runs contiguously.
   """
-  ring = _sharded_ring(q, config, axis_name)
+  ring = _sharded_ring(q, k, config, axis_name)
   q, k, v = _into_layout(ring, (q, k, v), (_SEQ_AXIS,) * 3)
   o, lse = _ring_forward(q, k, v, config, ring)
   o, lse = _out_of_layout(ring, (o, lse), (_SEQ_AXIS, _LSE_SEQ_AXIS))
@@ -540,7 +545,7 @@ def sharded_backward(dout, q, k, v, o, lse, dlse, config: AttentionConfig, axis_
   Same contract as `sharded_forward`: dout, q, o [B, S/N, Hq, D], k, v [B, S/N, Hk, D], lse, dlse [B, Hq, S/N] are
   local contiguous shards; o and lse are `sharded_forward`'s results. Returns the local shards of (dq, dk, dv).
   """
-  ring = _sharded_ring(q, config, axis_name)
+  ring = _sharded_ring(q, k, config, axis_name)
   seq, lse_seq = _SEQ_AXIS, _LSE_SEQ_AXIS
   dout, q, k, v, o, lse, dlse = _into_layout(
       ring, (dout, q, k, v, o, lse, dlse), (seq, seq, seq, seq, seq, lse_seq, lse_seq)
