@@ -13,9 +13,13 @@ Local, with no collective:
     splits the kv heads completely (one kv head per shard) and the rest of A splits each kv head's group of g
     query heads. In that second case the backward sums dk, dv over the group with one all-reduce over the rest of
     A (`_Layout.group_axes`): each shard holds only part of the group's query heads.
-Gathered, with a `ShardedGatherWarning` naming the axes: a split sequence (decided in `_sequence_sharding_plan`,
-where ring attention will take that case over), a split head_dim, and a head split that does not line up with
-the kv heads.
+With collectives over the sequence's mesh axes only: a sequence split over mesh axes A (q's split, else k's;
+`_sequence_sharding_plan`) runs ring attention over A (`jax_flash.ring.sharded_forward` / `sharded_backward`): K/V
+shards travel around the ring with collective-permutes, and nothing is gathered. q, k, v (and in the backward
+dout, o, lse, dlse) are all split over A, whatever split k, v arrived with.
+Gathered, with a `ShardedGatherWarning` naming the axes: a split sequence that the ring cannot serve (seqlen_q !=
+seqlen_k, or a length that A does not divide), a split head_dim, and a head split that does not line up with the
+kv heads.
 """
 
 from __future__ import annotations
@@ -33,23 +37,25 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jax_flash import _ffi
+from jax_flash import _ffi, ring
 from jax_flash._config import AttentionConfig
 
 AxisNames = tuple[str, ...]
+_NO_MESH = jax.sharding.AbstractMesh((), ())
 
 
 class _Kind(enum.Enum):
-  """The role of one operand or result; its value is its Shardy factor mapping, `{heads}` the query-head axis.
+  """The role of one operand or result; its value is its Shardy factor mapping, `{heads}` the query-head axis and
+  `{sq}`, `{sk}` the query and key sequence factors.
 
-  Factors: ... the leading batch dimensions (one or more: vmap adds them), sq/sk query/key sequence, k kv heads,
-  g query heads per kv head, d head_dim, c the words of the configuration key. The query head axis is (k g)
-  where the mesh allows (`_query_heads_factors`).
+  Factors: ... the leading batch dimensions (one or more: vmap adds them), sq/sk query/key sequence (one factor s
+  for self-attention, `_sequence_factors`), k kv heads, g query heads per kv head, d head_dim, c the words of the
+  configuration key. The query head axis is (k g) where the mesh allows (`_query_heads_factors`).
   """
 
-  QUERY = "... sq {heads} d"  # q, o, dout, dq: [*batch, Sq, Hq, D]
-  KEY_VALUE = "... sk k d"  # k, v, dk, dv: [*batch, Sk, Hk, D]
-  STATS = "... {heads} sq"  # lse, dlse: [*batch, Hq, Sq]
+  QUERY = "... {sq} {heads} d"  # q, o, dout, dq: [*batch, Sq, Hq, D]
+  KEY_VALUE = "... {sk} k d"  # k, v, dk, dv: [*batch, Sk, Hk, D]
+  STATS = "... {heads} {sq}"  # lse, dlse: [*batch, Hq, Sq]
   CONFIG_KEY = "c"  # `_config_key`: [words]
 
 
@@ -89,11 +95,18 @@ class _Layout:
     batch: for each leading batch dimension, the axes splitting it.
     query_heads: axes splitting Hq, major to minor.
     kv_heads: the leading part of `query_heads` that also splits Hk.
+    sequence: axes splitting the sequence of q and k/v alike (major to minor); ring attention runs over them.
   """
 
   batch: tuple[AxisNames, ...]
   query_heads: AxisNames
   kv_heads: AxisNames
+  sequence: AxisNames = ()
+
+  @property
+  def ring_axis(self) -> str | AxisNames:
+    """`sequence` as the ring's axis_name: the device order along the sequence is that of a NamedSharding."""
+    return self.sequence[0] if len(self.sequence) == 1 else self.sequence
 
   @property
   def group_axes(self) -> AxisNames:
@@ -104,10 +117,11 @@ class _Layout:
     if kind is _Kind.CONFIG_KEY:
       return PartitionSpec()
     batch = [axes or None for axes in self.batch]
+    sequence = self.sequence or None
     if kind is _Kind.STATS:
-      return PartitionSpec(*batch, self.query_heads or None, None)
+      return PartitionSpec(*batch, self.query_heads or None, sequence)
     heads = self.query_heads if kind is _Kind.QUERY else self.kv_heads
-    return PartitionSpec(*batch, None, heads or None, None)
+    return PartitionSpec(*batch, sequence, heads or None, None)
 
 
 def _axes(arg: jax.ShapeDtypeStruct, dim: int) -> AxisNames:
@@ -135,17 +149,36 @@ def _size(mesh: jax.sharding.Mesh, axes: AxisNames) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
-def _sequence_sharding_plan(seq_axes: AxisNames, *, warn: bool) -> None:
-  """The one place that decides what a call with a split sequence does.
+def _sequence_sharding_plan(
+    mesh: jax.sharding.Mesh, kinds: Sequence[_Kind], arg_shapes: Sequence[jax.ShapeDtypeStruct], *, warn: bool
+) -> AxisNames:
+  """The one place that decides what a call with a split sequence does: the mesh axes to run ring attention over,
+  or () to gather the sequence (with a warning when `warn`).
 
-  Today: gather the sequence, so every shard attends over all of it. When `jax_flash.ring` lands, this is where a
-  sequence split over `seq_axes` routes to ring attention instead (the per-shard program that `partition`
-  returns may run collectives over the mesh axes, as the ring needs).
+  The ring takes the sequence split of the first query-like operand that has one (q; dout in the backward), else
+  of k, v; the partitioner brings every operand to it (from a replicated k, v that is a local slice). It needs
+  self-attention (q and k/v of one global length, so that both split into the same positions) and a length that
+  the axes divide (no padded shards).
   """
-  if seq_axes and warn:
-    _warn_gather("the sequence", seq_axes,
-                 "every query needs every key; for sequence parallelism use jax_flash.ring_attention inside "
-                 "shard_map")
+  split = lambda kind: next((axes for arg, k in zip(arg_shapes, kinds) if k is kind
+                             for axes in [_axes(arg, _SEQ_DIM[kind])] if axes), ())
+  axes = split(_Kind.QUERY) or split(_Kind.KEY_VALUE)
+  if not axes:
+    return ()
+  seqlen_q = arg_shapes[kinds.index(_Kind.QUERY)].shape[_SEQ_DIM[_Kind.QUERY]]
+  seqlen_k = arg_shapes[kinds.index(_Kind.KEY_VALUE)].shape[_SEQ_DIM[_Kind.KEY_VALUE]]
+  why = None
+  if seqlen_q != seqlen_k:
+    why = (f"ring attention needs q and k/v of one sequence (self-attention), but seqlen_q {seqlen_q} != seqlen_k "
+           f"{seqlen_k}; shard batch or heads instead")
+  elif seqlen_q % _size(mesh, axes):
+    why = (f"ring attention needs equal shards, but the sequence of {seqlen_q} does not split into "
+           f"{_size(mesh, axes)}")
+  if why is None:
+    return axes
+  if warn:
+    _warn_gather("the sequence", axes, why)
+  return ()
 
 
 def _head_split(mesh, candidate: AxisNames, heads_q: int, heads_k: int) -> tuple[AxisNames, AxisNames] | None:
@@ -161,11 +194,12 @@ def _head_split(mesh, candidate: AxisNames, heads_q: int, heads_k: int) -> tuple
 
 
 def _choose_head_split(
-    mesh, q_axes: AxisNames, k_axes: AxisNames, batch: AxisNames, heads_q: int, heads_k: int
+    mesh, q_axes: AxisNames, k_axes: AxisNames, taken: AxisNames, heads_q: int, heads_k: int
 ) -> tuple[AxisNames, AxisNames]:
-  """(query_heads, kv_heads): the longest leading part of q's head axes, else of k's, that splits locally."""
+  """(query_heads, kv_heads): the longest leading part of q's head axes, else of k's, that splits locally, using
+  no axis in `taken` (those split the batch or the sequence)."""
   for sharded in (q_axes, k_axes):
-    sharded = tuple(a for a in sharded if a not in batch)
+    sharded = tuple(a for a in sharded if a not in taken)
     for end in range(len(sharded), 0, -1):
       split = _head_split(mesh, sharded[:end], heads_q, heads_k)
       if split is not None:
@@ -185,27 +219,27 @@ def _choose_layout(
   key = arg_shapes[kinds.index(_Kind.KEY_VALUE)]
   heads_q = query.shape[_HEADS_DIM]
   heads_k = key.shape[_HEADS_DIM]
-  # The batch dimensions split as q's are, else as k's.
+  sequence = _sequence_sharding_plan(mesh, kinds, arg_shapes, warn=warn)
+  # The batch dimensions split as q's are, else as k's (less any axis the sequence already uses).
   batch = tuple(_axes(query, dim) for dim in range(_leading_dims(query, _Kind.QUERY)))
   if not any(batch):
     batch = tuple(_axes(key, dim) for dim in range(_leading_dims(key, _Kind.KEY_VALUE)))
+  batch = tuple(tuple(a for a in axes if a not in sequence) for axes in batch)
 
-  _sequence_sharding_plan(
-      _union(_axes(arg, _SEQ_DIM[kind]) for arg, kind in zip(arg_shapes, kinds) if kind in _SEQ_DIM), warn=warn)
   head_dim_axes = _union(
       _axes(arg, _HEAD_DIM_DIM[kind]) for arg, kind in zip(arg_shapes, kinds) if kind in _HEAD_DIM_DIM)
   if head_dim_axes and warn:
     _warn_gather("head_dim", head_dim_axes, "the kernels need whole head_dim rows")
 
   query_heads, kv_heads = _choose_head_split(
-      mesh, _axes(query, _HEADS_DIM), _axes(key, _HEADS_DIM), _union(batch), heads_q, heads_k)
+      mesh, _axes(query, _HEADS_DIM), _axes(key, _HEADS_DIM), _union(batch) + sequence, heads_q, heads_k)
   dropped = tuple(a for a in _axes(query, _HEADS_DIM) if a not in query_heads)
   if dropped and warn:
     _warn_gather(
         "the query heads", dropped,
         f"that split of {heads_q} query heads over {heads_k} kv heads (kv-head-major groups of "
         f"{heads_q // heads_k}) would leave a shard with query heads whose kv head it does not hold")
-  return _Layout(batch=batch, query_heads=query_heads, kv_heads=kv_heads)
+  return _Layout(batch=batch, query_heads=query_heads, kv_heads=kv_heads, sequence=sequence)
 
 
 def _shardings(mesh, layout: _Layout, kinds: Sequence[_Kind]) -> tuple[NamedSharding, ...]:
@@ -250,6 +284,14 @@ def _query_heads_factors(mesh: jax.sharding.Mesh, heads_k: int, group: int) -> s
   return "h"
 
 
+def _sequence_factors(operands: Sequence[_Kind], operand_types) -> dict[str, str]:
+  """The sequence factors: one, s, for self-attention (q and k/v of one length), so that Shardy carries a sequence
+  split between q and k, v as the ring needs it; otherwise sq and sk, which the ring does not serve."""
+  seqlen_q = operand_types[operands.index(_Kind.QUERY)].shape[_SEQ_DIM[_Kind.QUERY]]
+  seqlen_k = operand_types[operands.index(_Kind.KEY_VALUE)].shape[_SEQ_DIM[_Kind.KEY_VALUE]]
+  return dict(sq="s", sk="s") if seqlen_q == seqlen_k else dict(sq="sq", sk="sk")
+
+
 def _sharding_rule(operands: Sequence[_Kind], results: Sequence[_Kind]):
   """Shardy rule callback: the factor mapping of the op, for these shapes on this mesh."""
 
@@ -258,10 +300,10 @@ def _sharding_rule(operands: Sequence[_Kind], results: Sequence[_Kind]):
     heads_q = operand_types[operands.index(_Kind.QUERY)].shape[_HEADS_DIM]
     heads_k = operand_types[operands.index(_Kind.KEY_VALUE)].shape[_HEADS_DIM]
     group = heads_q // heads_k
-    heads = _query_heads_factors(mesh, heads_k, group)
-    mapping = ", ".join(kind.value.format(heads=heads) for kind in operands) + " -> " + ", ".join(
-        kind.value.format(heads=heads) for kind in results)
-    sizes = dict(g=group) if heads == "(k g)" else {}
+    factors = dict(heads=_query_heads_factors(mesh, heads_k, group), **_sequence_factors(operands, operand_types))
+    mapping = ", ".join(kind.value.format(**factors) for kind in operands) + " -> " + ", ".join(
+        kind.value.format(**factors) for kind in results)
+    sizes = dict(g=group) if factors["heads"] == "(k g)" else {}
     return mapping, dict(sizes, need_replication_factors=_NEED_REPLICATION_FACTORS)
 
   return rule
@@ -293,17 +335,25 @@ def _over_leading_dims(call: Callable, operands: tuple[_Kind, ...]) -> Callable:
   return flat_call
 
 
-def _partitioned(call: Callable, operands: tuple[_Kind, ...], results: tuple[_Kind, ...]) -> Callable:
-  """`call(*arrays, config)` as a custom_partitioning op whose shards run `call` on their local arrays."""
+def _partitioned(
+    call: Callable, ring_call: Callable, operands: tuple[_Kind, ...], results: tuple[_Kind, ...]
+) -> Callable:
+  """`call(*arrays, config)` as a custom_partitioning op whose shards run `call` on their local arrays, or
+  `ring_call(*arrays, config, axis_name)` when the sequence is split (`_Layout.sequence`); both flattened."""
   kinds = (*operands, _Kind.CONFIG_KEY)
 
   def keyed_call(*args):
     *arrays, _, config = args
-    return call(*arrays, config)
+    return _over_leading_dims(call, operands)(*arrays, config)
 
   def per_shard(config: AttentionConfig, layout: _Layout, *args):
     *arrays, _ = args
-    outs = call(*arrays, config)
+    local = functools.partial(ring_call, axis_name=layout.ring_axis) if layout.sequence else call
+    # JAX traces this in the context of the compile: under explicit sharding, the user's mesh, whose shardings
+    # would then annotate every op of the ring after the partitioner has run (XLA cannot lower those). The
+    # per-shard program needs no mesh: its collectives name their axes.
+    with jax.sharding.use_abstract_mesh(_NO_MESH):
+      outs = _over_leading_dims(local, operands)(*arrays, config)
     # dk, dv: each shard summed only over its part of a kv head's query-head group.
     return tuple(
         jax.lax.psum(out, layout.group_axes) if kind is _Kind.KEY_VALUE and layout.group_axes else out
@@ -328,7 +378,9 @@ def _partitioned(call: Callable, operands: tuple[_Kind, ...], results: tuple[_Ki
   return lambda *args: op(*args[:-1], _config_key(args[-1]), args[-1])
 
 
-def _sharded(call: Callable, operands: tuple[_Kind, ...], results: tuple[_Kind, ...]) -> Callable:
+def _sharded(
+    call: Callable, ring_call: Callable, operands: tuple[_Kind, ...], results: tuple[_Kind, ...]
+) -> Callable:
   """`call(*arrays, config)` partitioned as above, in whichever sharding context it is traced.
 
   - Inside a shard_map that leaves some mesh axes automatic (`axis_names` a strict subset), custom_partitioning
@@ -340,8 +392,8 @@ def _sharded(call: Callable, operands: tuple[_Kind, ...], results: tuple[_Kind, 
     layout as above, and its results are typed like their operands: o, dq like q; dk, dv like k; lse, dlse
     [B, H, S] with q's batch, head and sequence axes.
   """
+  partitioned = _partitioned(call, ring_call, operands, results)
   call = _over_leading_dims(call, operands)
-  partitioned = _partitioned(call, operands, results)
 
   def result_specs(arrays) -> tuple[PartitionSpec, ...]:
     def full_spec(x):
@@ -370,5 +422,5 @@ def _sharded(call: Callable, operands: tuple[_Kind, ...], results: tuple[_Kind, 
 
 # `_ffi.forward` and `_ffi.backward` with the rules above; same signatures, and every array may have more than
 # one leading batch dimension (all with the same sizes).
-forward = _sharded(_ffi.forward, _FORWARD_OPERANDS, _FORWARD_RESULTS)
-backward = _sharded(_ffi.backward, _BACKWARD_OPERANDS, _BACKWARD_RESULTS)
+forward = _sharded(_ffi.forward, ring.sharded_forward, _FORWARD_OPERANDS, _FORWARD_RESULTS)
+backward = _sharded(_ffi.backward, ring.sharded_backward, _BACKWARD_OPERANDS, _BACKWARD_RESULTS)

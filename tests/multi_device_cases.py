@@ -1,6 +1,7 @@
 """jax_flash.attention on several devices: batch- and head-sharded operands run on local shards with no collective
-(forward and backward), under jit with Shardy or GSPMD, explicit sharding, shard_map, pmap and vmap; what cannot
-run locally is gathered with a ShardedGatherWarning; results equal the single-device ones.
+(forward and backward), under jit with Shardy or GSPMD, explicit sharding, shard_map, pmap and vmap; a sharded
+sequence runs ring attention (collective-permutes, no all-gather); what cannot run locally or in the ring is
+gathered with a ShardedGatherWarning; results equal the single-device ones.
 
 Needs at least 2 devices, so it is not collected with the suite (its name does not start with test_):
   - CPU: tests/test_sharding.py runs it in a subprocess with 8 simulated devices
@@ -11,6 +12,7 @@ Needs at least 2 devices, so it is not collected with the suite (its name does n
 from __future__ import annotations
 
 import functools
+import math
 import re
 
 import jax
@@ -20,7 +22,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import jax_flash
-from conftest import assert_close
+from conftest import assert_close, random_qkv
 from jax_flash.sharding import ShardedGatherWarning
 
 DEVICES = jax.device_count()
@@ -77,9 +79,9 @@ def _collectives(jitted, *args) -> set[str]:
   return set(COLLECTIVE.findall(jitted.lower(*args).compile().as_text()))
 
 
-def _assert_equal_results(got, want, what):
+def _assert_equal_results(got, want, what, factor=1.0):
   for i, (g, w) in enumerate(zip(got, want)):
-    assert_close(g, w, DTYPE if g.dtype == DTYPE else jnp.float32, f"{what} output {i}")
+    assert_close(g, w, DTYPE if g.dtype == DTYPE else jnp.float32, f"{what} output {i}", factor=factor)
 
 
 def _check_local(fn, args, what, unsharded=None):
@@ -145,11 +147,141 @@ def _check_gathered_with_warning(fn, args, match):
   _assert_equal_results(compiled(*args), _single_device(fn, *args), match)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# A sharded sequence: ring attention through the sharding rule
+
+SEQ_AXES = ("data", "model", "seq")
+# Per-device sequence length: a few kernel tiles on GPUs, small on the CPU.
+SEQ_LOCAL = 256 if PLATFORM != "cpu" else 8
+# (data, model, seq): the sequence over every device, and beside batch and head splits.
+SEQ_MESHES = {"sequence": (1, 1, DEVICES), "sequence_batch_heads": (2, 2, DEVICES // 4)}
+SEQ_SPEC = P("data", "seq", "model")  # [B, S, H, D]
+# The ring rounds each block's o to the input dtype before merging in float32 (16-bit inputs on GPUs).
+RING_FACTOR = 2.0
+# (heads_q, heads_k) and the mask; windows in global positions, spanning ring blocks.
+RING_CASES = {
+    "noncausal_mha": dict(heads=(2, 2), causal=False),
+    "causal_gqa": dict(heads=(4, 2), causal=True),
+    "causal_window_gqa": dict(heads=(4, 2), causal=True, window_size=(3 * SEQ_LOCAL // 2, 0)),
+    "two_sided_window_mqa": dict(heads=(2, 1), causal=False, window_size=(SEQ_LOCAL + 1, SEQ_LOCAL // 2)),
+}
+
+
+def _seq_mesh(shape, axis_type=AxisType.Auto):
+  if math.prod(shape) != DEVICES or min(shape) < 1:
+    pytest.skip(f"mesh {shape} does not fit {DEVICES} devices")
+  return jax.make_mesh(shape, SEQ_AXES, axis_types=(axis_type,) * 3)
+
+
+def _seq_inputs(rng, mesh_shape, heads, seqlen_k=None):
+  data, model, seq = mesh_shape
+  heads_q, heads_k = heads
+  seqlen = SEQ_LOCAL * seq
+  q, k, v = random_qkv(rng, 2 * data, seqlen, seqlen_k or seqlen, heads_q * model, heads_k * model, HEAD_DIM, DTYPE)
+  return q, k, v
+
+
+def _attention_fns(**kwargs):
+  """forward (o, lse) and gradient (dq, dk, dv) of a loss that depends on o and lse."""
+  forward = lambda q, k, v: jax_flash.attention(q, k, v, return_lse=True, **kwargs)
+
+  def loss(q, k, v):
+    o, lse = forward(q, k, v)
+    return jnp.sum(jnp.sin(o.astype(jnp.float32))) + jnp.sum(jnp.cos(jnp.where(jnp.isfinite(lse), lse, 0.0)))
+
+  return forward, jax.grad(loss, argnums=(0, 1, 2))
+
+
+def _check_ring(fn, args, what):
+  """fn compiles to collective-permutes (the ring) with no all-gather, and matches the unsharded program."""
+  jitted = jax.jit(fn)
+  collectives = _collectives(jitted, *args)
+  assert "collective-permute" in collectives and "all-gather" not in collectives, f"{what}: {collectives}"
+  results = jitted(*args)
+  _assert_equal_results(results, _single_device(fn, *args), what, factor=RING_FACTOR)
+  return results
+
+
+def _assert_keeps_sharding(mesh, q, k, o, lse, grads, spec=SEQ_SPEC):
+  """o, dq like q; dk, dv like k; lse [B, H, S] by q's batch, head and sequence axes."""
+  for out, arg in ((o, q), (grads[0], q), (grads[1], k), (grads[2], k)):
+    assert out.sharding.is_equivalent_to(arg.sharding, out.ndim), (out.sharding, arg.sharding)
+  batch, seq, heads = spec[:3]
+  assert lse.sharding.is_equivalent_to(NamedSharding(mesh, P(batch, heads, seq)), lse.ndim), lse.sharding
+
+
+@pytest.mark.parametrize("case", RING_CASES.values(), ids=RING_CASES.keys())
+@pytest.mark.parametrize("mesh_shape", SEQ_MESHES.values(), ids=SEQ_MESHES.keys())
+def test_sequence_sharding_runs_ring_attention_forward_and_backward(rng, mesh_shape, case):
+  case = dict(case)
+  mesh = _seq_mesh(mesh_shape)
+  q, k, v = _put(mesh, _seq_inputs(rng, mesh_shape, case.pop("heads")), [SEQ_SPEC] * 3)
+  forward, gradient = _attention_fns(**case)
+  o, lse = _check_ring(forward, (q, k, v), "forward")
+  grads = _check_ring(gradient, (q, k, v), "backward")
+  _assert_keeps_sharding(mesh, q, k, o, lse, grads)
+
+
+def test_sequence_sharded_queries_with_replicated_kv_run_the_ring(rng):
+  # k, v arrive whole: the partitioner slices them to q's sequence split, and the ring runs.
+  mesh = _seq_mesh(SEQ_MESHES["sequence"])
+  q, k, v = _put(mesh, _seq_inputs(rng, SEQ_MESHES["sequence"], (4, 2)), [SEQ_SPEC, P(), P()])
+  forward, gradient = _attention_fns(causal=True)
+  _check_ring(forward, (q, k, v), "forward")
+  _check_ring(gradient, (q, k, v), "backward")
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
+def test_sequence_sharding_inside_set_mesh_runs_the_ring(rng, axis_type):
+  mesh_shape = SEQ_MESHES["sequence_batch_heads"]
+  mesh = _seq_mesh(mesh_shape, axis_type)
+  inputs = _seq_inputs(rng, mesh_shape, (4, 2))
+  forward, gradient = _attention_fns(causal=True)
+  want = _single_device(forward, *inputs), _single_device(gradient, *inputs)
+  with jax.set_mesh(mesh):
+    args = _put(mesh, inputs, [SEQ_SPEC] * 3)
+    for fn in (forward, gradient):
+      collectives = _collectives(jax.jit(fn), *args)
+      assert "collective-permute" in collectives and "all-gather" not in collectives, collectives
+    (o, lse), grads = jax.jit(forward)(*args), jax.jit(gradient)(*args)
+    if axis_type == AxisType.Explicit:
+      assert jax.typeof(o).sharding.spec == P("data", "seq", "model", None)
+      assert jax.typeof(lse).sharding.spec == P("data", "model", "seq")
+      assert [jax.typeof(g).sharding.spec for g in grads] == [P("data", "seq", "model", None)] * 3
+  _assert_keeps_sharding(mesh, *args[:2], o, lse, grads)
+  _assert_equal_results((o, lse), want[0], "forward", factor=RING_FACTOR)
+  _assert_equal_results(grads, want[1], "backward", factor=RING_FACTOR)
+
+
+def test_gspmd_partitioner_runs_the_ring_for_a_sharded_sequence(rng):
+  mesh_shape = SEQ_MESHES["sequence_batch_heads"]
+  mesh = _seq_mesh(mesh_shape)
+  args = _put(mesh, _seq_inputs(rng, mesh_shape, (4, 2)), [SEQ_SPEC] * 3)
+  forward, gradient = _attention_fns(causal=True)
+  jax.config.update("jax_use_shardy_partitioner", False)
+  try:
+    _check_ring(forward, args, "forward")
+    _check_ring(gradient, args, "backward")
+  finally:
+    jax.config.update("jax_use_shardy_partitioner", True)
+
+
+def test_vmap_of_grad_with_a_sharded_sequence_runs_the_ring(rng):
+  # [n, B, S, H, D]: the vmapped axis becomes one more batch dimension inside the op.
+  mesh_shape = SEQ_MESHES["sequence"]
+  mesh = _seq_mesh(mesh_shape)
+  inputs = [jnp.stack([x, -x]) for x in _seq_inputs(rng, mesh_shape, (4, 2))]
+  args = _put(mesh, inputs, [P(None, None, "seq")] * 3)
+  _check_ring(jax.vmap(_attention_fns(causal=True)[1]), args, "vmap of grad")
+
+
 @pytest.mark.parametrize("fn", [_forward, _gradient], ids=["forward", "backward"])
-def test_sequence_sharding_gathers_with_a_warning(rng, fn):
-  mesh = _mesh(MESHES["heads"])
-  args = _put(mesh, _qkv(rng, 2, 2, 2), [P(None, "model")] * 3)
-  _check_gathered_with_warning(fn, args, "the sequence")
+def test_sequence_sharded_cross_attention_gathers_with_a_warning(rng, fn):
+  # seqlen_q != seqlen_k: queries and keys do not split into the same positions, so the ring cannot serve it.
+  mesh = _seq_mesh(SEQ_MESHES["sequence"])
+  inputs = _seq_inputs(rng, SEQ_MESHES["sequence"], (2, 2), seqlen_k=SEQ_LOCAL * DEVICES // 2)
+  args = _put(mesh, inputs, [SEQ_SPEC] * 3)
+  _check_gathered_with_warning(fn, args, "seqlen_q .* != seqlen_k")
 
 
 def test_head_dim_sharding_gathers_with_a_warning(rng):
