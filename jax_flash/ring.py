@@ -283,37 +283,68 @@ def _per_row(stat):
 def _merge(o_acc, lse_acc, o_blk, lse_blk):
   """Softmax results over two disjoint key sets -> the result over their union, in float32.
 
-  o_acc [B, S, H, D] f32 and o_blk [B, S, H, D] are normalised over their own keys; lse_* [B, H, S] f32.
+  o_acc, o_blk [B, S, H, D] are normalised over their own keys (any float dtype); lse_* [B, H, S] f32.
   """
   lse = jnp.logaddexp(lse_acc, lse_blk)
   # Rows that have seen no key yet have lse -inf on both sides: measure from 0 so their weights are 0, not NaN.
   base = jnp.where(jnp.isneginf(lse), 0.0, lse)
-  o = o_acc * _per_row(jnp.exp(lse_acc - base)) + o_blk.astype(jnp.float32) * _per_row(jnp.exp(lse_blk - base))
+  o = (o_acc.astype(jnp.float32) * _per_row(jnp.exp(lse_acc - base))
+       + o_blk.astype(jnp.float32) * _per_row(jnp.exp(lse_blk - base)))
   return o, lse
 
 
+def _covers_all_rows(plan: _Plan, seqlen: int) -> bool:
+  return len(plan) == 1 and plan[0].rows == (0, seqlen)
+
+
+def _rows_disjoint(plan: _Plan) -> bool:
+  spans = sorted(block.rows for block in plan)
+  return all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+
+
+def _first_plan(plan: _Plan, q, k, v):
+  """The result of a one-block plan over all local rows: it starts the accumulator, with nothing to merge."""
+  (block,) = plan
+  return _ffi.forward(q, _take(k, block.cols), _take(v, block.cols), block.config)
+
+
 def _forward_plan(plan: _Plan, q, k, v, o_acc, lse_acc):
+  """Merges the plan's blocks into (o_acc, lse_acc); merged rows take o_acc's dtype (q's on the final step)."""
   for block in plan:
     o_blk, lse_blk = _ffi.forward(_take(q, block.rows), _take(k, block.cols), _take(v, block.cols), block.config)
     o_rows, lse_rows = _merge(_take(o_acc, block.rows), _take(lse_acc, block.rows, _LSE_SEQ_AXIS), o_blk, lse_blk)
-    o_acc = _put(o_acc, o_rows, block.rows)
+    o_acc = _put(o_acc, o_rows.astype(o_acc.dtype), block.rows)
     lse_acc = _put(lse_acc, lse_rows, block.rows, _LSE_SEQ_AXIS)
   return o_acc, lse_acc
 
 
 def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
-  """o [B, S/N, Hq, D] (q's dtype), lse [B, Hq, S/N] f32 of the local queries against the whole ring's keys."""
-  # Accumulators derived from q so that they vary over the same mapped axes as q (shard_map's vma typing).
-  o_acc = jnp.zeros_like(q, dtype=jnp.float32)  # [B, S/N, Hq, D]
-  lse_acc = jnp.full_like(jnp.swapaxes(q[..., 0], 1, 2), -jnp.inf, dtype=jnp.float32)  # [B, Hq, S/N]
-  steps = ring.schedule(q.shape[_SEQ_AXIS], config)
+  """o [B, S/N, Hq, D] (q's dtype), lse [B, Hq, S/N] f32 of the local queries against the whole ring's keys.
+
+  The accumulator o is float32 between merges, and costs no extra pass where it need not: a first step whose
+  kernel call covers every row starts it with the call's result (q's dtype, nothing to merge), and a final step
+  whose calls merge each row once writes q's dtype directly (o is rounded once, as a final cast would).
+  """
+  seqlen = q.shape[_SEQ_AXIS]
+  steps = ring.schedule(seqlen, config)
   held = (k, v)
+  acc = None  # (o, lse) over the keys seen so far
   for i, step in enumerate(steps):
     # Issue the next transfer first: it and this step's kernels depend only on `held`, so they overlap.
     following = ring.shift(held, steps[i + 1].distance - step.distance) if i + 1 < len(steps) else None
-    o_acc, lse_acc = ring.run(step, _forward_plan, q, *held, o_acc, lse_acc)
+    if acc is None and all(_covers_all_rows(plan, seqlen) for plan in step.plans):
+      acc = ring.run(step, _first_plan, q, *held)
+    else:
+      if acc is None:
+        # Derived from q so that they vary over the same mapped axes as q (shard_map's vma typing).
+        acc = (jnp.zeros_like(q, dtype=jnp.float32),  # [B, S/N, Hq, D]
+               jnp.full_like(jnp.swapaxes(q[..., 0], 1, 2), -jnp.inf, dtype=jnp.float32))  # [B, Hq, S/N]
+      final = i + 1 == len(steps) and all(_rows_disjoint(plan) for plan in step.plans)
+      o_acc, lse_acc = acc
+      acc = ring.run(step, _forward_plan, q, *held, o_acc.astype(q.dtype if final else jnp.float32), lse_acc)
     held = following
-  return o_acc.astype(q.dtype), lse_acc
+  o, lse = acc
+  return o.astype(q.dtype), lse
 
 
 def _backward_plan(plan: _Plan, dout, q, k, v, o, lse, dlse, dq_acc):
@@ -344,11 +375,15 @@ def _ring_backward(dout, q, k, v, o, lse, dlse, config: AttentionConfig, ring: _
     following = ring.shift(held, hops) if hops is not None else None
     dq_acc, dk, dv = ring.run(step, _backward_plan, dout, q, *held, o, lse, dlse, dq_acc)
     dkv = (dk, dv) if dkv is None else (dkv[0] + dk, dkv[1] + dv)
-    # Pass the accumulators on with the block; after the last step, send them home to the block's owner.
-    dkv = ring.shift(dkv, hops if hops is not None else -step.distance)
+    if hops is None:
+      # After the last step the sums are complete: send them home to the block's owner in k's dtype (the
+      # rounding they get anyway, and half the bytes of float32 on the one transfer nothing overlaps).
+      dkv = ring.shift((dkv[0].astype(k.dtype), dkv[1].astype(v.dtype)), -step.distance)
+    else:
+      dkv = ring.shift(dkv, hops)  # the float32 accumulators travel on with the block
     held = following
   dk, dv = dkv
-  return dq_acc.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+  return dq_acc.astype(q.dtype), dk, dv
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
