@@ -1,21 +1,27 @@
 """How fast ring attention runs on this machine's GPUs, and whether its transfers overlap its kernels.
 
     python examples/ring_attention_benchmark.py                          # all local GPUs, bf16, D 128
-    python examples/ring_attention_benchmark.py --seq-per-device 16384 --hlo-dir /tmp/ring_hlo
+    python examples/ring_attention_benchmark.py --seq-per-device 16384 --hlo-dir /tmp/ring_hlo --profile-dir /tmp/p
 
 For N devices and a per-device length L it reports, for forward and forward+backward, causal and not:
 - the ring's per-GPU throughput on the global sequence N*L (TFLOP/s counted on the global attention's matmuls,
   divided by N; causal halves them; fwd+bwd = 3.5 x forward, as in the FlashAttention papers),
 - the single-GPU kernel's throughput at length L (what each device would do on its own),
-- their ratio (1.0 = the ring costs nothing beyond its kernels),
+- their ratio (1.0 = the ring costs nothing beyond its kernels), for ring_attention inside shard_map and for
+  jax_flash.attention under jit on sequence-sharded arrays (the sharding rule's ring, `--jit-rule`),
 - the ring's output against single-GPU attention over the whole sequence (relative error),
-- from the compiled, scheduled HLO of each ring: which kernel calls (custom-calls or the conditionals that hold
-  them) XLA placed between each collective-permute-start and its done, i.e. run while the transfer is in flight.
+- from the compiled, scheduled HLO of each ring: for every collective-permute-start, the attention kernel calls
+  (custom-calls, or the conditionals that hold them) that XLA placed before its done, i.e. that run while the
+  transfer is in flight,
+- with `--profile-dir`, from a profiler trace of each ring: per GPU and call, the time in attention kernels, in
+  NCCL kernels (the transfers), in other kernels (merges, slices, casts) and idle, and how much of the NCCL time
+  ran at the same time as an attention kernel.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import statistics
@@ -32,6 +38,12 @@ import jax_flash
 AXIS = "seq"
 FWD_BWD_FLOP_FACTOR = 3.5  # backward = 2.5 x forward matmul FLOPs
 KERNEL_TARGETS = ("jax_flash_fwd", "jax_flash_bwd")
+# Device kernels of jax_flash (sm90 forward, sm80 forward/backward and its pre/post-processing) and of NCCL.
+ATTENTION_KERNELS = re.compile(r"flash_fwd|forward_kernel|backward_kernel|backward_preprocess|backward_postprocess")
+NCCL_KERNELS = re.compile(r"nccl", re.IGNORECASE)
+PROFILED_CALLS = 3
+# The compile option that turns on XLA's latency-hiding scheduler for GPUs (off by default in XLA).
+LATENCY_HIDING = {"xla_gpu_enable_latency_hiding_scheduler": True}
 
 
 def parse_args():
@@ -44,11 +56,16 @@ def parse_args():
   p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
   p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median reported)")
   p.add_argument("--hlo-dir", default=None, help="also write each ring's scheduled HLO here")
+  p.add_argument("--profile-dir", default=None, help="trace each ring here and report its kernel time breakdown")
+  p.add_argument("--latency-hiding", action="store_true",
+                 help="also time each ring compiled with XLA's latency-hiding scheduler")
+  p.add_argument("--jit-rule", action="store_true",
+                 help="also time jax_flash.attention under jit on sequence-sharded arrays (the sharding rule)")
   return p.parse_args()
 
 
 def median_seconds(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))  # compile and warm up
+  jax.block_until_ready(fn(*args))  # warm up
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -70,30 +87,130 @@ def with_backward(attention_fn):
   return fn
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The schedule in the compiled HLO
+
+
+def _computations(hlo: str) -> dict[str, list[str]]:
+  """The instructions of each computation of a scheduled HLO module, in schedule order."""
+  computations, name, body = {}, None, []
+  for line in hlo.splitlines():
+    header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if header and not line.startswith(" "):
+      name, body = header.group(1), []
+    elif line.startswith("}") and name is not None:
+      computations[name] = body
+      name = None
+    elif name is not None and "=" in line:
+      body.append(line.strip())
+  return computations
+
+
+def _name(instruction: str) -> str:
+  return instruction.split("=", 1)[0].strip().removeprefix("ROOT ").strip().lstrip("%")
+
+
+def _uses(instruction: str, opcode: str, operand: str) -> bool:
+  """True when `instruction` is an `opcode` whose operands name `operand` (printed %operand, maybe after a type)."""
+  if f" {opcode}(" not in instruction:
+    return False
+  return re.search(rf"%{re.escape(operand)}(?![\w.\-])", instruction.split(f" {opcode}(", 1)[1]) is not None
+
+
 def overlap_report(hlo: str) -> list[str]:
-  """For each collective-permute-start in the entry computation's schedule: the kernel work scheduled before its
-  done (custom-calls to jax_flash targets, or conditionals that choose between plans of kernel calls)."""
-  entry = hlo[hlo.index("ENTRY"):]
-  entry = entry[:entry.index("\n}\n")] if "\n}\n" in entry else entry
-  lines = [line.strip() for line in entry.splitlines()]
-  name_of = lambda line: line.split("=", 1)[0].strip().removeprefix("ROOT ").strip()
+  """For each collective-permute-start in any computation: the attention work scheduled before its done."""
   report = []
-  for i, line in enumerate(lines):
-    if "collective-permute-start(" not in line:
-      continue
-    start = name_of(line)
-    done_at = next((j for j in range(i + 1, len(lines)) if "collective-permute-done(" in lines[j]
-                    and re.search(rf"\b{re.escape(start)}\b", lines[j].split("collective-permute-done(", 1)[1])),
-                   None)
-    if done_at is None:
-      report.append(f"{start}: no matching done in the entry computation")
-      continue
-    between = [lines[j] for j in range(i + 1, done_at)]
-    kernels = [name_of(l) for l in between if any(t in l for t in KERNEL_TARGETS)]
-    conditionals = [name_of(l) for l in between if " conditional(" in l]
-    report.append(f"{start}: {len(kernels)} kernel custom-calls, {len(conditionals)} conditionals scheduled "
-                  f"before its done")
+  for computation, lines in _computations(hlo).items():
+    for i, line in enumerate(lines):
+      if " collective-permute-start(" not in line:
+        continue
+      start = _name(line)
+      done_at = next((j for j in range(i + 1, len(lines)) if _uses(lines[j], "collective-permute-done", start)),
+                     None)
+      if done_at is None:
+        report.append(f"{computation}/{start}: its done is not in the same computation")
+        continue
+      between = lines[i + 1:done_at]
+      kernels = sum(any(t in l for t in KERNEL_TARGETS) for l in between)
+      conditionals = sum(" conditional(" in l for l in between)
+      report.append(f"{computation}/{start}: {kernels} attention custom-calls and {conditionals} conditionals "
+                    f"(of {len(between)} instructions) before its done")
   return report
+
+
+def synchronous_permutes(hlo: str) -> int:
+  return len(re.findall(r" collective-permute\(", hlo))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The kernels in a profiler trace
+
+
+def _union_length(intervals) -> float:
+  total, end = 0.0, -np.inf
+  for a, b in sorted(intervals):
+    if b > end:
+      total += b - max(a, end)
+      end = b
+  return total
+
+
+def _overlap_length(intervals, others) -> float:
+  """Time covered by both interval sets."""
+  merged = []
+  for a, b in sorted(others):
+    if merged and a <= merged[-1][1]:
+      merged[-1][1] = max(merged[-1][1], b)
+    else:
+      merged.append([a, b])
+  total = 0.0
+  for a, b in intervals:
+    for c, d in merged:
+      total += max(0.0, min(b, d) - max(a, c))
+  return total
+
+
+def trace_breakdown(trace_dir: str, calls: int) -> list[str]:
+  """Per GPU, per call (ms): attention kernels, NCCL kernels (and the part overlapping attention), other kernels,
+  idle, from the device events of the newest trace under `trace_dir`."""
+  from jax._src.lib import _profile_data  # the profiler's XSpace reader, shipped with jaxlib
+
+  files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+  if not files:
+    return ["no trace was written"]
+  data = _profile_data.ProfileData.from_file(files[-1])
+  report = []
+  for plane in data.planes:
+    if not plane.name.startswith("/device:GPU:"):
+      continue
+    events = [(e.name, e.start_ns, e.end_ns) for line in plane.lines if line.name.startswith("Stream")
+              for e in line.events]
+    if not events:
+      report.append(f"{plane.name}: no stream events; lines {[line.name for line in plane.lines]}")
+      continue
+    kind = lambda n: "attention" if ATTENTION_KERNELS.search(n) else "nccl" if NCCL_KERNELS.search(n) else "other"
+    spans = {k: [(a, b) for n, a, b in events if kind(n) == k] for k in ("attention", "nccl", "other")}
+    wall = max(b for _, _, b in events) - min(a for _, a, _ in events)
+    busy = _union_length([(a, b) for _, a, b in events])
+    ms = lambda ns: ns / calls / 1e6
+    report.append(
+        f"{plane.name}: per call {ms(wall):.3f} ms span: attention {ms(_union_length(spans['attention'])):.3f}, "
+        f"nccl {ms(_union_length(spans['nccl'])):.3f} (overlapping attention "
+        f"{ms(_overlap_length(spans['nccl'], spans['attention'])):.3f}), other kernels "
+        f"{ms(_union_length(spans['other'])):.3f} ({len(spans['other']) // calls} launches), idle "
+        f"{ms(wall - busy):.3f}")
+  return report or [f"no GPU planes; planes {[plane.name for plane in data.planes]}"]
+
+
+def profile(fn, args, trace_dir: str) -> list[str]:
+  jax.block_until_ready(fn(*args))
+  with jax.profiler.trace(trace_dir):
+    for _ in range(PROFILED_CALLS):
+      jax.block_until_ready(fn(*args))
+  return trace_breakdown(trace_dir, PROFILED_CALLS)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def main():
@@ -104,55 +221,84 @@ def main():
   local, total = args.seq_per_device, args.seq_per_device * n
   print(f"{n} x {devices[0].device_kind}; batch {args.batch}, heads {args.heads}/{args.kv_heads}, head_dim "
         f"{args.head_dim}, {dtype.name}; per-device length {local}, ring length {total}")
-  mesh = jax.make_mesh((n,), (AXIS,), devices=devices)
+  mesh = jax.make_mesh((n,), (AXIS,), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
   spec = P(None, AXIS)
+  sharded = NamedSharding(mesh, spec)
   rng = np.random.default_rng(0)
   draw = lambda s, h: jnp.asarray(rng.standard_normal((args.batch, s, h, args.head_dim), np.float32)).astype(dtype)
   q, k, v, dout = draw(total, args.heads), draw(total, args.kv_heads), draw(total, args.kv_heads), draw(total, args.heads)
   q1, k1, v1, dout1 = (x[:, :local] for x in (q, k, v, dout))
-  if args.hlo_dir:
-    os.makedirs(args.hlo_dir, exist_ok=True)
+  for directory in (args.hlo_dir, args.profile_dir):
+    if directory:
+      os.makedirs(directory, exist_ok=True)
 
-  print(f"{'pass':8} {'causal':6} {'ring TF/s/GPU':>13} {'1-GPU TF/s':>10} {'ratio':>6} {'ring err':>9}")
-  overlap = {}
+  columns = ["pass", "causal", "ring TF/s/GPU", "1-GPU TF/s", "ratio"]
+  columns += ["ratio LHS"] if args.latency_hiding else []
+  columns += ["ratio jit"] if args.jit_rule else []
+  print("  ".join(f"{c:>13}" for c in columns) + f"  {'ring err':>9}")
+  schedules, breakdowns = {}, {}
   for causal in (False, True):
     layout = jax_flash.ring.default_layout(causal)
-    laid = lambda x: jax.device_put(jax_flash.to_ring_layout(x, n, layout), NamedSharding(mesh, spec))
+    laid = lambda x: jax.device_put(jax_flash.to_ring_layout(x, n, layout), sharded)
     ring_fn = lambda q, k, v: jax_flash.ring_attention(q, k, v, axis_name=AXIS, causal=causal)
     single_fn = lambda q, k, v: jax_flash.attention(q, k, v, causal=causal)
     for backward in (False, True):
       name = "fwd+bwd" if backward else "fwd"
-      if backward:
-        ring_call = jax.jit(jax.shard_map(with_backward(ring_fn), mesh=mesh, in_specs=(spec,) * 4,
-                                          out_specs=(spec,) * 4))
-        ring_args = tuple(laid(x) for x in (q, k, v, dout))
-        single_call, single_args = jax.jit(with_backward(single_fn)), (q1, k1, v1, dout1)
-      else:
-        ring_call = jax.jit(jax.shard_map(ring_fn, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec))
-        ring_args = tuple(laid(x) for x in (q, k, v))
-        single_call, single_args = jax.jit(single_fn), (q1, k1, v1)
-      ring_s = median_seconds(ring_call, *ring_args, repeats=args.repeats)
-      single_s = median_seconds(single_call, *single_args, repeats=args.repeats)
-      ring_tflops = attention_flops(args.batch, args.heads, total, args.head_dim, causal, backward) / n / ring_s / 1e12
-      single_tflops = attention_flops(args.batch, args.heads, local, args.head_dim, causal, backward) / single_s / 1e12
+      operands = (q, k, v, dout) if backward else (q, k, v)
+      mapped = with_backward(ring_fn) if backward else ring_fn
+      out_specs = (spec,) * 4 if backward else spec
+      ring_call = jax.jit(jax.shard_map(mapped, mesh=mesh, in_specs=(spec,) * len(operands), out_specs=out_specs))
+      ring_args = tuple(laid(x) for x in operands)
+      single_call = jax.jit(with_backward(single_fn) if backward else single_fn)
+      single_args = (q1, k1, v1, dout1)[:len(operands)]
+      flops = lambda seqlen: attention_flops(args.batch, args.heads, seqlen, args.head_dim, causal, backward)
+
+      compiled = ring_call.lower(*ring_args).compile()
+      ring_tflops = flops(total) / n / median_seconds(compiled, *ring_args, repeats=args.repeats) / 1e12
+      single_tflops = flops(local) / median_seconds(single_call, *single_args, repeats=args.repeats) / 1e12
+      cells = [name, str(causal), f"{ring_tflops:.4g}", f"{single_tflops:.4g}", f"{ring_tflops / single_tflops:.2f}"]
+      hlo = {"default": compiled.as_text()}
+      if args.latency_hiding:
+        lhs = ring_call.lower(*ring_args).compile(compiler_options=LATENCY_HIDING)
+        hlo["latency-hiding"] = lhs.as_text()
+        lhs_tflops = flops(total) / n / median_seconds(lhs, *ring_args, repeats=args.repeats) / 1e12
+        cells.append(f"{lhs_tflops / single_tflops:.2f}")
+      if args.jit_rule:
+        # The sequence in natural order, sharded over the mesh: the sharding rule runs the ring.
+        rule_fn = with_backward(single_fn) if backward else single_fn
+        rule_args = tuple(jax.device_put(x, sharded) for x in operands)
+        rule_tflops = flops(total) / n / median_seconds(jax.jit(rule_fn), *rule_args, repeats=args.repeats) / 1e12
+        cells.append(f"{rule_tflops / single_tflops:.2f}")
       error = ""
       if not backward:
-        got = jax_flash.from_ring_layout(np.asarray(ring_call(*ring_args), np.float32), n, layout)
+        got = jax_flash.from_ring_layout(np.asarray(compiled(*ring_args), np.float32), n, layout)
         want = np.asarray(jax.jit(single_fn)(q, k, v), np.float32)
         error = f"{np.linalg.norm(got - want) / np.linalg.norm(want):.2e}"
-      print(f"{name:8} {str(causal):6} {ring_tflops:13.4g} {single_tflops:10.4g} {ring_tflops / single_tflops:6.2f} "
-            f"{error:>9}", flush=True)
-      hlo = ring_call.lower(*ring_args).compile().as_text()
-      overlap[(name, causal)] = overlap_report(hlo)
-      if args.hlo_dir:
-        with open(os.path.join(args.hlo_dir, f"ring_{name.replace('+', '_')}_causal{int(causal)}.hlo"), "w") as f:
-          f.write(hlo)
+      print("  ".join(f"{c:>13}" for c in cells) + f"  {error:>9}", flush=True)
 
-  print("\nschedule of the ring's transfers (entry computation of the compiled HLO):")
-  for (name, causal), lines in overlap.items():
-    print(f"  {name} causal={causal}:")
-    for line in lines or ["no collective-permute-start: transfers are synchronous on this backend"]:
+      for variant, text in hlo.items():
+        schedules[(name, causal, variant)] = overlap_report(text) or [
+            f"no collective-permute-start: {synchronous_permutes(text)} synchronous collective-permutes"]
+        if args.hlo_dir:
+          tag = f"{name.replace('+', '_')}_causal{int(causal)}_{variant}"
+          with open(os.path.join(args.hlo_dir, f"ring_{tag}.hlo"), "w") as f:
+            f.write(text)
+      if args.profile_dir:
+        trace_dir = os.path.join(args.profile_dir, f"{name.replace('+', '_')}_causal{int(causal)}")
+        breakdowns[(name, causal)] = profile(compiled, ring_args, trace_dir)
+        breakdowns[(f"1-GPU {name}", causal)] = profile(single_call, single_args, trace_dir + "_single")
+
+  print("\nschedule of the ring's transfers (compiled HLO):")
+  for (name, causal, variant), lines in schedules.items():
+    print(f"  {name} causal={causal} ({variant} scheduler):")
+    for line in lines:
       print(f"    {line}")
+  if breakdowns:
+    print(f"\nkernel time per call from a profiler trace ({PROFILED_CALLS} calls):")
+    for (name, causal), lines in breakdowns.items():
+      print(f"  {name} causal={causal}:")
+      for line in lines:
+        print(f"    {line}")
 
 
 if __name__ == "__main__":
