@@ -41,6 +41,7 @@ KERNEL_TARGETS = ("jax_flash_fwd", "jax_flash_bwd")
 # Device kernels of jax_flash (sm90 forward, sm80 forward/backward and its pre/post-processing) and of NCCL.
 ATTENTION_KERNELS = re.compile(r"flash_fwd|forward_kernel|backward_kernel|backward_preprocess|backward_postprocess")
 NCCL_KERNELS = re.compile(r"nccl", re.IGNORECASE)
+CALLS_PER_SAMPLE = 4
 PROFILED_CALLS = 3
 # The compile option that turns on XLA's latency-hiding scheduler for GPUs (off by default in XLA).
 LATENCY_HIDING = {"xla_gpu_enable_latency_hiding_scheduler": True}
@@ -65,12 +66,14 @@ def parse_args():
 
 
 def median_seconds(fn, *args, repeats: int) -> float:
+  """Seconds per call: the median over `repeats` samples of CALLS_PER_SAMPLE calls issued back to back (as in a
+  training loop, the host runs ahead of the GPUs, so the time is the devices', not the dispatch's)."""
   jax.block_until_ready(fn(*args))  # warm up
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
+    jax.block_until_ready([fn(*args) for _ in range(CALLS_PER_SAMPLE)])
+    times.append((time.perf_counter() - start) / CALLS_PER_SAMPLE)
   return statistics.median(times)
 
 
@@ -170,9 +173,10 @@ def _overlap_length(intervals, others) -> float:
   return total
 
 
-def trace_breakdown(trace_dir: str, calls: int) -> list[str]:
+def trace_breakdown(trace_dir: str, calls: int, timeline: bool) -> list[str]:
   """Per GPU, per call (ms): attention kernels, NCCL kernels (and the part overlapping attention), other kernels,
-  idle, from the device events of the newest trace under `trace_dir`."""
+  idle, from the device events of the newest trace under `trace_dir`; with `timeline`, also every kernel of the
+  middle call (stream, start offset and duration in microseconds)."""
   from jax._src.lib import _profile_data  # the profiler's XSpace reader, shipped with jaxlib
 
   files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
@@ -183,31 +187,40 @@ def trace_breakdown(trace_dir: str, calls: int) -> list[str]:
   for plane in data.planes:
     if not plane.name.startswith("/device:GPU:"):
       continue
-    events = [(e.name, e.start_ns, e.end_ns) for line in plane.lines if line.name.startswith("Stream")
-              for e in line.events]
+    events = sorted((e.start_ns, e.end_ns, e.name, line.name) for line in plane.lines
+                    if line.name.startswith("Stream") for e in line.events)
     if not events:
       report.append(f"{plane.name}: no stream events; lines {[line.name for line in plane.lines]}")
       continue
     kind = lambda n: "attention" if ATTENTION_KERNELS.search(n) else "nccl" if NCCL_KERNELS.search(n) else "other"
-    spans = {k: [(a, b) for n, a, b in events if kind(n) == k] for k in ("attention", "nccl", "other")}
-    wall = max(b for _, _, b in events) - min(a for _, a, _ in events)
-    busy = _union_length([(a, b) for _, a, b in events])
+    spans = {k: [(a, b) for a, b, n, _ in events if kind(n) == k] for k in ("attention", "nccl", "other")}
+    first, last = events[0][0], max(b for _, b, _, _ in events)
+    busy = _union_length([(a, b) for a, b, _, _ in events])
     ms = lambda ns: ns / calls / 1e6
     report.append(
-        f"{plane.name}: per call {ms(wall):.3f} ms span: attention {ms(_union_length(spans['attention'])):.3f}, "
+        f"{plane.name}: per call {ms(last - first):.3f} ms span: attention {ms(_union_length(spans['attention'])):.3f}, "
         f"nccl {ms(_union_length(spans['nccl'])):.3f} (overlapping attention "
         f"{ms(_overlap_length(spans['nccl'], spans['attention'])):.3f}), other kernels "
         f"{ms(_union_length(spans['other'])):.3f} ({len(spans['other']) // calls} launches), idle "
-        f"{ms(wall - busy):.3f}")
+        f"{ms(last - first - busy):.3f}")
+    if timeline:
+      # The middle call: its events lie in the middle third of the traced span (calls run back to back).
+      third = (last - first) / calls
+      middle = [e for e in events if first + third <= e[0] < first + 2 * third]
+      origin = middle[0][0] if middle else first
+      for a, b, name, stream in middle:
+        report.append(f"    {stream[:24]:24} +{(a - origin) / 1e3:8.1f} us  {(b - a) / 1e3:8.1f} us  {name[:70]}")
   return report or [f"no GPU planes; planes {[plane.name for plane in data.planes]}"]
 
 
-def profile(fn, args, trace_dir: str) -> list[str]:
+def profile(fn, args, trace_dir: str, timeline: bool = False) -> list[str]:
   jax.block_until_ready(fn(*args))
-  with jax.profiler.trace(trace_dir):
-    for _ in range(PROFILED_CALLS):
-      jax.block_until_ready(fn(*args))
-  return trace_breakdown(trace_dir, PROFILED_CALLS)
+  try:
+    with jax.profiler.trace(trace_dir):
+      jax.block_until_ready([fn(*args) for _ in range(PROFILED_CALLS)])
+  except RuntimeError as e:  # no profiler on this machine (e.g. CUPTI missing): the timings still stand
+    return [f"profiling failed: {e}"]
+  return trace_breakdown(trace_dir, PROFILED_CALLS, timeline)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -285,7 +298,7 @@ def main():
             f.write(text)
       if args.profile_dir:
         trace_dir = os.path.join(args.profile_dir, f"{name.replace('+', '_')}_causal{int(causal)}")
-        breakdowns[(name, causal)] = profile(compiled, ring_args, trace_dir)
+        breakdowns[(name, causal)] = profile(compiled, ring_args, trace_dir, timeline=not backward)
         breakdowns[(f"1-GPU {name}", causal)] = profile(single_call, single_args, trace_dir + "_single")
 
   print("\nschedule of the ring's transfers (compiled HLO):")
