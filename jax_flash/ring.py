@@ -3,8 +3,12 @@
 Each device holds a shard of the sequence, q [B, S/N, Hq, D] and k, v [B, S/N, Hk, D]. The K/V shards travel
 around the ring of N devices with `lax.ppermute`; at every step each device runs jax_flash's kernel on its queries
 against the K/V block it holds, and merges the block's (o, lse) into a float32 running result (log-sum-exp merge).
-The next transfer is issued before the current block's kernel and neither depends on the other, so XLA's
-scheduler runs them concurrently. The backward rotates K/V again, recomputes each block's gradient from the GLOBAL
+The next transfer is issued before the current block's kernel and neither depends on the other, so XLA schedules
+the transfer's collective-permute-start before the kernel and its done after it (one collective-permute is in
+flight at a time: of K and V, the second runs synchronously). Whether the GPU then runs them concurrently is the
+kernel's business: NCCL's transfer kernel needs SMs, and a persistent kernel that holds every SM (the Hopper
+forward) leaves it none until it ends (examples/ring_attention_benchmark.py --profile-dir shows the timeline).
+The backward rotates K/V again, recomputes each block's gradient from the GLOBAL
 o and lse (which makes it exactly that block's share), and carries float32 dK/dV accumulators around the ring back
 to their owners.
 
@@ -280,18 +284,6 @@ def _per_row(stat):
   return jnp.swapaxes(stat, 1, 2)[..., None]
 
 
-def _pack(k, v):
-  """k, v [B, S/N, Hk, D] -> [2, B, S/N, Hk, D]: one array, so that they travel in ONE collective-permute. XLA keeps
-  one collective-permute in flight at a time and runs a second one synchronously, before the kernels it could
-  have overlapped; a copy of K/V costs far less than that exposed transfer. The kernels read slices of it (XLA
-  resolves those of the local block to k and v themselves)."""
-  return jnp.stack([k, v])
-
-
-def _unpack(kv):
-  return kv[0], kv[1]
-
-
 def _merge(o_acc, lse_acc, o_blk, lse_blk):
   """Softmax results over two disjoint key sets -> the result over their union, in float32.
 
@@ -314,16 +306,14 @@ def _rows_disjoint(plan: _Plan) -> bool:
   return all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
 
 
-def _first_plan(plan: _Plan, q, kv):
+def _first_plan(plan: _Plan, q, k, v):
   """The result of a one-block plan over all local rows: it starts the accumulator, with nothing to merge."""
   (block,) = plan
-  k, v = _unpack(kv)
   return _ffi.forward(q, _take(k, block.cols), _take(v, block.cols), block.config)
 
 
-def _forward_plan(plan: _Plan, q, kv, o_acc, lse_acc):
+def _forward_plan(plan: _Plan, q, k, v, o_acc, lse_acc):
   """Merges the plan's blocks into (o_acc, lse_acc); merged rows take o_acc's dtype (q's on the final step)."""
-  k, v = _unpack(kv)
   for block in plan:
     o_blk, lse_blk = _ffi.forward(_take(q, block.rows), _take(k, block.cols), _take(v, block.cols), block.config)
     o_rows, lse_rows = _merge(_take(o_acc, block.rows), _take(lse_acc, block.rows, _LSE_SEQ_AXIS), o_blk, lse_blk)
@@ -341,13 +331,13 @@ def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
   """
   seqlen = q.shape[_SEQ_AXIS]
   steps = ring.schedule(seqlen, config)
-  held = _pack(k, v)  # the held K/V block
+  held = (k, v)
   acc = None  # (o, lse) over the keys seen so far
   for i, step in enumerate(steps):
-    # Issue the next transfer first: it and this step's kernels depend only on the held block, so they overlap.
+    # Issue the next transfer first: it and this step's kernels depend only on `held`, so they overlap.
     following = ring.shift(held, steps[i + 1].distance - step.distance) if i + 1 < len(steps) else None
     if acc is None and all(_covers_all_rows(plan, seqlen) for plan in step.plans):
-      acc = ring.run(step, _first_plan, q, held)
+      acc = ring.run(step, _first_plan, q, *held)
     else:
       if acc is None:
         # Derived from q so that they vary over the same mapped axes as q (shard_map's vma typing).
@@ -355,16 +345,15 @@ def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
                jnp.full_like(jnp.swapaxes(q[..., 0], 1, 2), -jnp.inf, dtype=jnp.float32))  # [B, Hq, S/N]
       final = i + 1 == len(steps) and all(_rows_disjoint(plan) for plan in step.plans)
       o_acc, lse_acc = acc
-      acc = ring.run(step, _forward_plan, q, held, o_acc.astype(q.dtype if final else jnp.float32), lse_acc)
+      acc = ring.run(step, _forward_plan, q, *held, o_acc.astype(q.dtype if final else jnp.float32), lse_acc)
     held = following
   o, lse = acc
   return o.astype(q.dtype), lse
 
 
-def _backward_plan(plan: _Plan, dout, q, kv, o, lse, dlse, dq_acc):
+def _backward_plan(plan: _Plan, dout, q, k, v, o, lse, dlse, dq_acc):
   """Adds this step's dq into dq_acc; returns the held block's dk, dv contributions as fresh f32 arrays, so that
   adding the incoming dK/dV accumulators waits for their transfer only after the kernels."""
-  k, v = _unpack(kv)
   dk = jnp.zeros_like(k, dtype=jnp.float32)  # [B, S/N, Hk, D]
   dv = jnp.zeros_like(v, dtype=jnp.float32)
   for block in plan:
@@ -383,21 +372,22 @@ def _ring_backward(dout, q, k, v, o, lse, dlse, config: AttentionConfig, ring: _
   """dq, dk, dv of the local shards, from the cotangents of the global o and lse (local shards of them)."""
   dq_acc = jnp.zeros_like(q, dtype=jnp.float32)
   steps = ring.schedule(q.shape[_SEQ_AXIS], config)
-  held = _pack(k, v)
-  dkv = None  # float32 dK/dV accumulators of the held block, packed like it; they travel with it
+  held = (k, v)
+  dkv = None  # float32 dK/dV accumulators of the held block; they travel with it
   for i, step in enumerate(steps):
     hops = steps[i + 1].distance - step.distance if i + 1 < len(steps) else None
     following = ring.shift(held, hops) if hops is not None else None
-    dq_acc, dk, dv = ring.run(step, _backward_plan, dout, q, held, o, lse, dlse, dq_acc)
-    dkv = _pack(dk, dv) if dkv is None else dkv + _pack(dk, dv)
+    dq_acc, dk, dv = ring.run(step, _backward_plan, dout, q, *held, o, lse, dlse, dq_acc)
+    dkv = (dk, dv) if dkv is None else (dkv[0] + dk, dkv[1] + dv)
     if hops is None:
       # After the last step the sums are complete: send them home to the block's owner in k's dtype (the
       # rounding they get anyway, and half the bytes of float32 on the one transfer nothing overlaps).
-      dkv = ring.shift(dkv.astype(k.dtype), -step.distance)
+      dkv = ring.shift((dkv[0].astype(k.dtype), dkv[1].astype(v.dtype)), -step.distance)
     else:
       dkv = ring.shift(dkv, hops)  # the float32 accumulators travel on with the block
     held = following
-  return (dq_acc.astype(q.dtype), *_unpack(dkv))
+  dk, dv = dkv
+  return dq_acc.astype(q.dtype), dk, dv
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
