@@ -3,14 +3,15 @@
 Each device holds a shard of the sequence, q [B, S/N, Hq, D] and k, v [B, S/N, Hk, D]. The K/V shards travel
 around the ring of N devices with `lax.ppermute`; at every step each device runs jax_flash's kernel on its queries
 against the K/V block it holds, and merges the block's (o, lse) into a float32 running result (log-sum-exp merge).
-The next transfer is issued before the current block's kernel and neither depends on the other, so XLA schedules
-the transfer's collective-permute-start before the kernel and its done after it (one collective-permute is in
-flight at a time: of K and V, the second runs synchronously). Whether the GPU then runs them concurrently is the
-kernel's business: NCCL's transfer kernel needs SMs, and a persistent kernel that holds every SM (the Hopper
-forward) leaves it none until it ends (examples/ring_attention_benchmark.py --profile-dir shows the timeline).
-The backward rotates K/V again, recomputes each block's gradient from the GLOBAL
-o and lse (which makes it exactly that block's share), and carries float32 dK/dV accumulators around the ring back
-to their owners.
+The backward rotates K/V again, recomputes each block's gradient from the GLOBAL o and lse (which makes it exactly
+that block's share), and carries float32 dK/dV accumulators around the ring back to their owners.
+
+Overlap. The next transfer is issued before the current block's kernel and neither depends on the other, so XLA
+schedules the transfer's collective-permute-start before the kernel and its done after it (it keeps one
+collective-permute in flight: of K and V, the second runs synchronously). Whether the GPU then runs transfer and
+kernel concurrently is up to the kernel: NCCL's transfer kernel needs SMs, and a persistent kernel that holds every
+SM (the Hopper forward) leaves it none until it ends (`examples/ring_attention_benchmark.py --profile-dir` prints
+the timeline).
 
 Masks. A device's shard is made of one chunk (contiguous layout) or two chunks (zigzag layout) of the global
 sequence. For each ring step, device and (query chunk, key chunk) pair, the global chunk positions decide at trace
@@ -18,7 +19,8 @@ time whether the pair is fully masked, fully visible or cut by the causal/window
 `diagonal_offset` places a cut pair's diagonal where the global mask has it. Pairs are grouped into as few kernel
 calls as express the mask exactly. Devices whose plans differ select theirs with `lax.switch`, which lowers to an
 HLO conditional: XLA runs only the chosen branch, so fully masked blocks cost no kernel time (a select would run
-every branch). Steps where no device has work are not computed at all, and K/V jump over them in one transfer,
+every branch). On GPUs a conditional reads its branch index on the host, which waits for the stream: about 30 us
+of idle GPU per such step on an H200 (the causal zigzag timeline of the benchmark). Steps where no device has work are not computed at all, and K/V jump over them in one transfer,
 so a sliding window only pays for the ring steps it spans.
 
 Layouts. Causal attention over contiguous shards leaves device 0 with one block of work and device N-1 with N.

@@ -160,9 +160,9 @@ def _sequence_sharding_plan(
   self-attention (q and k/v of one global length, so that both split into the same positions) and a length that
   the axes divide (no padded shards).
   """
-  split = lambda kind: next((axes for arg, k in zip(arg_shapes, kinds) if k is kind
-                             for axes in [_axes(arg, _SEQ_DIM[kind])] if axes), ())
-  axes = split(_Kind.QUERY) or split(_Kind.KEY_VALUE)
+  splits = [_axes(arg, _SEQ_DIM[kind]) for kind in (_Kind.QUERY, _Kind.KEY_VALUE)
+            for arg, arg_kind in zip(arg_shapes, kinds) if arg_kind is kind]
+  axes = next((split for split in splits if split), ())
   if not axes:
     return ()
   seqlen_q = arg_shapes[kinds.index(_Kind.QUERY)].shape[_SEQ_DIM[_Kind.QUERY]]
