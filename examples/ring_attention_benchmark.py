@@ -198,7 +198,8 @@ def trace_breakdown(trace_dir: str, calls: int, timeline: bool) -> list[str]:
     busy = _union_length([(a, b) for a, b, _, _ in events])
     ms = lambda ns: ns / calls / 1e6
     report.append(
-        f"{plane.name}: per call {ms(last - first):.3f} ms span: attention {ms(_union_length(spans['attention'])):.3f}, "
+        f"{plane.name}: per call {ms(last - first):.3f} ms span: "
+        f"attention {ms(_union_length(spans['attention'])):.3f}, "
         f"nccl {ms(_union_length(spans['nccl'])):.3f} (overlapping attention "
         f"{ms(_overlap_length(spans['nccl'], spans['attention'])):.3f}), other kernels "
         f"{ms(_union_length(spans['other'])):.3f} ({len(spans['other']) // calls} launches), idle "

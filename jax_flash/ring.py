@@ -21,8 +21,8 @@ calls as express the mask exactly. Devices whose plans differ select theirs with
 HLO conditional: XLA runs only the chosen branch, so fully masked blocks cost no kernel time (a select would run
 every branch). On GPUs a conditional reads its branch index on the host, which waits for the stream: about 30 us
 of idle GPU per such step on an H200 (the causal zigzag timeline of the benchmark). Steps where no device has work
-are not computed at all, and K/V jump over them in one transfer,
-so a sliding window only pays for the ring steps it spans.
+are not computed at all, and K/V jump over them in one transfer, so a sliding window only pays for the ring steps
+it spans.
 
 Layouts. Causal attention over contiguous shards leaves device 0 with one block of work and device N-1 with N.
 The zigzag layout (device i holds global chunks i and 2N-1-i of 2N) gives every device the same work at every step.
