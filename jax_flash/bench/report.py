@@ -1,45 +1,94 @@
-"""The benchmark's results as a Markdown table (TFLOP/s per peer, and jax_flash's ratio to the best other peer)."""
+"""Benchmark results: the record of one timed (pass, dtype, shape, peer), and Markdown tables of TFLOP/s with
+jax_flash's ratio to the best other peer and to each peer."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from jax_flash.bench.grid import Shape
-
-OURS = "jax_flash"
+from jax_flash.bench.grid import PASSES, Shape
+from jax_flash.bench.peers import OURS
 
 
 @dataclasses.dataclass
 class Result:
   pass_name: str
+  dtype: str
   shape: Shape
   peer: str
   seconds: float | None = None
   tflops: float | None = None
   skipped: str | None = None  # why there is no number
+  errors: dict[str, float] | None = None  # relative errors of the correctness check (o; dq, dk, dv)
 
   def to_json(self) -> dict:
-    return {"pass": self.pass_name, **dataclasses.asdict(self.shape), "peer": self.peer, "seconds": self.seconds,
-            "tflops": self.tflops, "skipped": self.skipped}
+    return {"pass": self.pass_name, "dtype": self.dtype, **dataclasses.asdict(self.shape), "peer": self.peer,
+            "seconds": self.seconds, "tflops": self.tflops, "skipped": self.skipped, "errors": self.errors}
+
+  @classmethod
+  def from_json(cls, entry: dict) -> "Result":
+    shape = Shape(**{f.name: entry[f.name] for f in dataclasses.fields(Shape)})
+    return cls(pass_name=entry["pass"], dtype=entry["dtype"], shape=shape, peer=entry["peer"],
+               seconds=entry.get("seconds"), tflops=entry.get("tflops"), skipped=entry.get("skipped"),
+               errors=entry.get("errors"))
+
+
+def by_row(results: list[Result]) -> dict[tuple, dict[str, Result]]:
+  """Results keyed by (dtype, pass, head dim, seqlen, causal, batch, heads), in reading order."""
+  rows: dict[tuple, dict[str, Result]] = {}
+  order = {p: i for i, p in enumerate(PASSES)}
+  for r in sorted(results, key=lambda r: (r.dtype, order[r.pass_name], r.shape.head_dim, r.shape.seqlen,
+                                          r.shape.causal)):
+    key = (r.dtype, r.pass_name, r.shape.head_dim, r.shape.seqlen, r.shape.causal, r.shape.batch, r.shape.heads)
+    rows.setdefault(key, {})[r.peer] = r
+  return rows
+
+
+def best_peer(by_peer: dict[str, Result]) -> tuple[str, float] | None:
+  """The fastest peer other than jax_flash, with its TFLOP/s."""
+  timed = [(r.tflops, name) for name, r in by_peer.items() if name != OURS and r.tflops is not None]
+  if not timed:
+    return None
+  tflops, name = max(timed)
+  return name, tflops
+
+
+def ratio_to_best(by_peer: dict[str, Result]) -> float | None:
+  ours = by_peer.get(OURS)
+  best = best_peer(by_peer)
+  if ours is None or ours.tflops is None or best is None:
+    return None
+  return ours.tflops / best[1]
+
+
+def _cell(value: float | None, fmt: str) -> str:
+  return format(value, fmt) if value is not None else "–"
 
 
 def table(results: list[Result], peer_names: list[str]) -> str:
-  rows: dict[tuple, dict[str, Result]] = {}
-  for r in results:
-    key = (r.pass_name, r.shape.head_dim, r.shape.seqlen, r.shape.causal, r.shape.batch, r.shape.heads)
-    rows.setdefault(key, {})[r.peer] = r
-  others = [p for p in peer_names if p != OURS]
-  header = ["pass", "D", "seqlen", "causal", "batch x heads"] + peer_names + [f"{OURS} / best peer"]
+  """TFLOP/s of every peer and jax_flash / best other peer, one row per (dtype, pass, shape)."""
+  header = ["dtype", "pass", "D", "seqlen", "causal", "batch x heads"] + peer_names + [f"{OURS} / best peer"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for (pass_name, head_dim, seqlen, causal, batch, heads), by_peer in rows.items():
-    cells = [pass_name, str(head_dim), str(seqlen), "yes" if causal else "no", f"{batch} x {heads}"]
-    for peer in peer_names:
-      r = by_peer.get(peer)
-      cells.append(f"{r.tflops:.0f}" if r is not None and r.tflops is not None else "–")
+  for (dtype, pass_name, head_dim, seqlen, causal, batch, heads), by_peer in by_row(results).items():
+    cells = [dtype, pass_name, str(head_dim), str(seqlen), "yes" if causal else "no", f"{batch} x {heads}"]
+    cells += [_cell(by_peer[p].tflops if p in by_peer else None, ".0f") for p in peer_names]
+    cells.append(_cell(ratio_to_best(by_peer), ".2f"))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def ratio_table(results: list[Result], peer_names: list[str]) -> str:
+  """jax_flash's TFLOP/s over each peer's, one row per (dtype, pass, shape); > 1 means jax_flash is faster."""
+  others = [p for p in peer_names if p != OURS]
+  header = ["dtype", "pass", "D", "seqlen", "causal", OURS] + [f"/ {p}" for p in others] + ["/ best"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for (dtype, pass_name, head_dim, seqlen, causal, _, _), by_peer in by_row(results).items():
     ours = by_peer.get(OURS)
-    best = max((by_peer[p].tflops for p in others if p in by_peer and by_peer[p].tflops is not None), default=None)
-    ratio = ours.tflops / best if ours is not None and ours.tflops is not None and best else None
-    cells.append(f"{ratio:.2f}" if ratio is not None else "–")
+    ours_tflops = ours.tflops if ours is not None else None
+    cells = [dtype, pass_name, str(head_dim), str(seqlen), "yes" if causal else "no", _cell(ours_tflops, ".0f")]
+    for p in others:
+      theirs = by_peer[p].tflops if p in by_peer else None
+      cells.append(_cell(ours_tflops / theirs if ours_tflops and theirs else None, ".2f"))
+    cells.append(_cell(ratio_to_best(by_peer), ".2f"))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -49,6 +98,5 @@ def skipped_notes(results: list[Result]) -> list[str]:
   seen: dict[tuple[str, str], list[str]] = {}
   for r in results:
     if r.skipped is not None:
-      where = f"{r.pass_name} D{r.shape.head_dim} S{r.shape.seqlen}{' causal' if r.shape.causal else ''}"
-      seen.setdefault((r.peer, r.skipped), []).append(where)
+      seen.setdefault((r.peer, r.skipped), []).append(f"{r.dtype} {r.pass_name} {r.shape.label()}")
   return [f"- {peer}: {reason} ({len(where)} entries, e.g. {where[0]})" for (peer, reason), where in seen.items()]
