@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if notes:
       print("\nNot measured:\n" + "\n".join(notes))
   if args.numerics:
-    document["numerics"] = numerics.run(args.peer_table, args.dtypes)
+    document["numerics"] = numerics.run(args.peer_table, args.dtypes, numerics.SHAPE)
     print("\nNumerical error (RMSE against float64):\n\n" + numerics.table(document["numerics"]))
   if args.memory:
     document["memory"] = memory.run(args.peer_table, args.memory_run_cap)

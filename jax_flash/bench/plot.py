@@ -77,10 +77,11 @@ def _speed_figure(plt, results: list[Result], dtype: str, pass_name: str, peer_n
       ax = axes[row][col]
       panel = [r for r in chosen if r.shape.head_dim == head_dim and r.shape.causal == causal]
       seqlens = sorted({r.shape.seqlen for r in panel})
-      width = BAR_GROUP_WIDTH / len(peer_names)
-      for i, name in enumerate(peer_names):
+      present = [n for n in peer_names if any(r.peer == n and r.tflops is not None for r in panel)]
+      width = BAR_GROUP_WIDTH / max(len(present), 1)
+      for i, name in enumerate(present):
         by_seqlen = {r.shape.seqlen: r.tflops for r in panel if r.peer == name and r.tflops is not None}
-        xs = [j + (i - (len(peer_names) - 1) / 2) * width for j, s in enumerate(seqlens) if s in by_seqlen]
+        xs = [j + (i - (len(present) - 1) / 2) * width for j, s in enumerate(seqlens) if s in by_seqlen]
         ys = [by_seqlen[s] for s in seqlens if s in by_seqlen]
         bars = ax.bar(xs, ys, width, label=name, color=colours[name])
         ax.bar_label(bars, fmt="%.0f", fontsize=5, rotation=90, padding=1)
@@ -90,8 +91,11 @@ def _speed_figure(plt, results: list[Result], dtype: str, pass_name: str, peer_n
       ax.set_ylabel("TFLOP/s", fontsize=8)
       ax.margins(y=0.15)
       ax.tick_params(labelsize=7)
-  handles, labels = axes[0][0].get_legend_handles_labels()
-  figure.legend(handles, labels, loc="lower center", ncol=len(peer_names), fontsize=8, frameon=False)
+  from matplotlib.patches import Patch
+
+  shown = [n for n in peer_names if any(r.peer == n and r.tflops is not None for r in chosen)]
+  figure.legend([Patch(color=colours[n]) for n in shown], shown, loc="lower center", ncol=len(shown), fontsize=8,
+                frameon=False)
   figure.suptitle(f"Attention {pass_name}, {dtype} — {_subtitle(environment)}", fontsize=10)
   figure.tight_layout(rect=(0, 0.05, 1, 1))
   return figure
@@ -118,7 +122,8 @@ def _ratio_figure(plt, results: list[Result], dtype: str, environment: dict):
     ax.set_xlabel("sequence length", fontsize=8)
     ax.tick_params(labelsize=7)
   axes[0][0].set_ylabel(f"{OURS} / best other peer", fontsize=8)
-  axes[0][-1].legend(fontsize=7)
+  if axes[0][-1].get_lines()[1:]:  # the reference line at 1 is always there
+    axes[0][-1].legend(fontsize=7)
   figure.suptitle(f"{OURS} over the fastest other implementation, {dtype} — {_subtitle(environment)}", fontsize=10)
   figure.tight_layout()
   return figure

@@ -64,13 +64,18 @@ def _cell(value: float | None, fmt: str) -> str:
   return format(value, fmt) if value is not None else "–"
 
 
+def _tflops(value: float | None) -> str:
+  """Whole TFLOP/s on GPUs; two significant digits for the small numbers of a CPU run."""
+  return _cell(value, ".0f" if value is None or value >= 10 else ".2g")
+
+
 def table(results: list[Result], peer_names: list[str]) -> str:
   """TFLOP/s of every peer and jax_flash / best other peer, one row per (dtype, pass, shape)."""
   header = ["dtype", "pass", "D", "seqlen", "causal", "batch x heads"] + peer_names + [f"{OURS} / best peer"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for (dtype, pass_name, head_dim, seqlen, causal, batch, heads), by_peer in by_row(results).items():
     cells = [dtype, pass_name, str(head_dim), str(seqlen), "yes" if causal else "no", f"{batch} x {heads}"]
-    cells += [_cell(by_peer[p].tflops if p in by_peer else None, ".0f") for p in peer_names]
+    cells += [_tflops(by_peer[p].tflops if p in by_peer else None) for p in peer_names]
     cells.append(_cell(ratio_to_best(by_peer), ".2f"))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -84,7 +89,7 @@ def ratio_table(results: list[Result], peer_names: list[str]) -> str:
   for (dtype, pass_name, head_dim, seqlen, causal, _, _), by_peer in by_row(results).items():
     ours = by_peer.get(OURS)
     ours_tflops = ours.tflops if ours is not None else None
-    cells = [dtype, pass_name, str(head_dim), str(seqlen), "yes" if causal else "no", _cell(ours_tflops, ".0f")]
+    cells = [dtype, pass_name, str(head_dim), str(seqlen), "yes" if causal else "no", _tflops(ours_tflops)]
     for p in others:
       theirs = by_peer[p].tflops if p in by_peer else None
       cells.append(_cell(ours_tflops / theirs if ours_tflops and theirs else None, ".2f"))
