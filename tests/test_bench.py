@@ -148,9 +148,12 @@ def test_main_writes_the_environment_and_numerics_as_json(tmp_path, monkeypatch)
   assert bench_main.main(["--no-speed", "--numerics", "--memory", "--dtypes", "float16",
                           "--json", str(path), "--revision", "abc123"]) == 0
   document = json.loads(path.read_text())
+  assert "Numerical error" in report.markdown([document])
   environment = document["environment"]
   assert {"device", "driver", "jax", "jaxlib", "date", "command", "jax_flash_build"} <= set(environment)
-  assert environment["revision"] == "abc123" and environment["command"].startswith("python -m jax_flash.bench")
+  assert environment["revision"] == "abc123"
+  assert environment["command"] == ("python -m jax_flash.bench --no-speed --numerics --memory --dtypes float16 "
+                                    f"--json {path} --revision abc123")
   assert document["numerics"]["shape"]["seqlen"] == NUMERICS_SHAPE.seqlen
   assert document["memory"]["skipped"].startswith("needs a GPU")
 

@@ -63,7 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   return args
 
 
+def _write_json(document: dict, path: str) -> None:
+  with open(path, "w") as f:
+    json.dump(document, f, indent=1)
+
+
 def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   if args.plot:
     from jax_flash.bench import plot  # fails early, with the install hint, when matplotlib is missing
@@ -74,16 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"the speed grid needs a GPU; JAX's default device is {device} (use --no-speed --numerics on CPU)",
           file=sys.stderr)
     return 1
-  env = environment.describe(args.revision)
+  env = environment.describe(argv, args.revision)
   document: dict = {"schema_version": SCHEMA_VERSION, "environment": env}
   print(f"# {env['device']}, driver {env['driver']}, jax {env['jax']}, {env['date']}", file=sys.stderr)
 
   if not args.no_speed:
     budget = args.seconds_per_point or (QUICK_SECONDS_PER_POINT if args.quick else FULL_SECONDS_PER_POINT)
+    def save(results_so_far):  # a peer that crashes the process leaves the results before it on disk
+      document["speed"] = {"dtypes": args.dtypes, "seconds_per_point": budget,
+                           "results": [r.to_json() for r in results_so_far]}
+      if args.json:
+        _write_json(document, args.json)
+
     results = speed.run(grid.shapes(args.quick, args.head_dims, args.seqlens), args.peer_table, args.dtypes, budget,
-                        args.time_limit)
-    document["speed"] = {"dtypes": args.dtypes, "seconds_per_point": budget,
-                         "results": [r.to_json() for r in results]}
+                        args.time_limit, on_shape_done=save)
+    save(results)
     names = [p.name for p in args.peer_table]
     print(f"\n{env['device']}, jax {env['jax']}; TFLOP/s (forward 4·B·H·S²·D, halved when causal; bwd 2.5x, "
           "fwd+bwd 3.5x; bwd = (fwd+bwd) - fwd)\n")
@@ -100,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     document["memory"] = memory.run(args.peer_table, args.memory_run_cap)
     print("\nMemory:\n\n" + memory.table(document["memory"]))
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(document, f, indent=1)
+    _write_json(document, args.json)
   if args.plot:
     written = plot.write([report.Result.from_json(r) for r in document["speed"]["results"]], env, args.plot)
     print("\nplots: " + ", ".join(written), file=sys.stderr)

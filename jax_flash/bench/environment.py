@@ -6,9 +6,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import shutil
 import subprocess
-import sys
 
 import jax
 import jaxlib
@@ -39,7 +39,7 @@ def _git_revision() -> str | None:
     return None
 
 
-def describe(revision: str | None = None) -> dict:
+def describe(argv: list[str], revision: str | None = None) -> dict:
   """GPU (or CPU) name, driver, JAX / jaxlib / jax_flash versions and build, date (UTC), command, revision."""
   import jax_flash
 
@@ -57,6 +57,6 @@ def describe(revision: str | None = None) -> dict:
       "revision": revision or _git_revision(),
       "python": platform.python_version(),
       "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-      "command": " ".join(["python -m jax_flash.bench", *sys.argv[1:]]),
+      "command": shlex.join(["python", "-m", "jax_flash.bench", *argv]),
       "env": {k: os.environ[k] for k in ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_FLAGS") if k in os.environ},
   }

@@ -105,3 +105,48 @@ def skipped_notes(results: list[Result]) -> list[str]:
     if r.skipped is not None:
       seen.setdefault((r.peer, r.skipped), []).append(f"{r.dtype} {r.pass_name} {r.shape.label()}")
   return [f"- {peer}: {reason} ({len(where)} entries, e.g. {where[0]})" for (peer, reason), where in seen.items()]
+
+
+def markdown(documents: list[dict]) -> str:
+  """Every table of one or more saved result documents: speed, ratios, skip reasons, numerics, memory."""
+  from jax_flash.bench import memory, numerics  # they import this module's Result
+
+  results = [Result.from_json(e) for d in documents if "speed" in d for e in d["speed"]["results"]]
+  names = list(dict.fromkeys(r.peer for r in results))
+  parts = []
+  for d in documents:
+    env = d["environment"]
+    parts.append(f"- {env['device']}, driver {env.get('driver')}, jax {env['jax']}, jax_flash "
+                 f"{env.get('revision') or env['jax_flash']}, {env['date']}: `{env['command']}`")
+  if results:
+    parts += ["TFLOP/s:", table(results, names), f"{OURS} / each peer:", ratio_table(results, names)]
+    notes = skipped_notes(results)
+    if notes:
+      parts += ["Not measured:", "\n".join(notes)]
+  for d in documents:
+    if "numerics" in d:
+      parts += ["Numerical error (RMSE against float64):", numerics.table(d["numerics"])]
+    if "memory" in d:
+      parts += ["Memory:", memory.table(d["memory"])]
+  return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+  """`python -m jax_flash.bench.report results.json [more.json ...]`: the tables of saved results, as Markdown."""
+  import json
+  import sys
+
+  paths = sys.argv[1:] if argv is None else argv
+  if not paths or any(a in ("-h", "--help") for a in paths):
+    print(main.__doc__, file=sys.stderr)
+    return 2
+  documents = []
+  for path in paths:
+    with open(path) as f:
+      documents.append(json.load(f))
+  print(markdown(documents))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

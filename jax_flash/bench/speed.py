@@ -8,6 +8,7 @@ reported in place of a time. The backward alone is (fwd+bwd) - fwd.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import jax
 
@@ -95,9 +96,11 @@ def _summary(results: list[Result]) -> str:
 
 
 def run(shapes: list[grid.Shape], peer_table: list[peers.Peer], dtypes: list[str], budget_seconds: float,
-        time_limit: float | None = None, seed: int = 0) -> list[Result]:
+        time_limit: float | None = None, seed: int = 0,
+        on_shape_done: Callable[[list[Result]], None] | None = None) -> list[Result]:
   """Checks and times every peer at every (dtype, shape); past `time_limit` seconds the rest is reported as not
-  run. Shapes run coarse to fine (grid.coarse_to_fine), so a cut-short run still spans every panel."""
+  run. Shapes run coarse to fine (grid.coarse_to_fine), so a cut-short run still spans every panel.
+  `on_shape_done` gets the results so far after each (dtype, shape), e.g. to save them before a crash."""
   platform = jax.devices()[0].platform
   order = [(dtype, shape) for dtype in dtypes for shape in grid.coarse_to_fine(shapes)]
   progress = Progress(len(order) * len(peer_table), "speed")
@@ -115,4 +118,6 @@ def run(shapes: list[grid.Shape], peer_table: list[peers.Peer], dtypes: list[str
       results += peer_results
       progress.advance(f"{dtype} {shape.label()} {peer.name}: {_summary(peer_results)}")
     del inputs, reference
+    if on_shape_done is not None:
+      on_shape_done(results)
   return results
