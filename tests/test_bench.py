@@ -212,3 +212,32 @@ def test_plot_without_matplotlib_says_how_to_install_it(monkeypatch):
   monkeypatch.setitem(sys.modules, "matplotlib", None)
   with pytest.raises(ImportError, match=r"jax_flash\[bench\]"):
     plot.require_matplotlib()
+
+
+def test_check_reference_matches_jax_flash_reference_forward_and_backward():
+  import jax
+
+  from jax_flash import reference_attention
+  from jax_flash.bench import check
+
+  rng = np.random.default_rng(0)
+  q, k, v, dout = (rng.standard_normal((1, 96, 1, 32)).astype(np.float32) for _ in range(4))
+  with jax.default_matmul_precision("highest"):
+    o, vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, causal=True), q, k, v)
+    expected = (o, *vjp(dout))
+  ours = check.attention_vjp(*(x[0, :, 0] for x in (q, k, v, dout)), causal=True)
+  for got, want in zip(ours, expected):
+    assert check.relative_error(got, np.asarray(want)[0, :, 0]) < 1e-5
+
+
+def test_memory_search_doubles_then_bisects_to_an_eighth(monkeypatch):
+  limit = 20000
+  monkeypatch.setattr(memory, "_attempt", lambda peer, seqlen, run_cap, device_bytes: {
+      "seqlen": seqlen, "ok": seqlen <= limit, "ran": seqlen <= limit, "program_bytes": seqlen,
+      "reason": None if seqlen <= limit else "failed: out of memory"})
+  attempts = memory._longest(_peer("XLA (jax.nn)"), run_cap=1 << 20, device_bytes=0,
+                             progress=memory.Progress(1, "memory"))
+  seqlens = [a["seqlen"] for a in attempts]
+  assert seqlens[:4] == [4096, 8192, 16384, 32768]
+  longest = max(a["seqlen"] for a in attempts if a["ok"])
+  assert limit - limit // memory.BRACKET_FRACTION <= longest <= limit

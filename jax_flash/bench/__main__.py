@@ -106,12 +106,14 @@ def main(argv: list[str] | None = None) -> int:
       print("\nNot measured:\n" + "\n".join(notes))
   if args.numerics:
     document["numerics"] = numerics.run(args.peer_table, args.dtypes, numerics.SHAPE)
-    print("\nNumerical error (RMSE against float64):\n\n" + numerics.table(document["numerics"]))
+    print("\nNumerical error (RMSE against float64):\n\n" + numerics.table(document["numerics"]), flush=True)
+    if args.json:  # each finished section is on disk before the next starts
+      _write_json(document, args.json)
   if args.memory:
     document["memory"] = memory.run(args.peer_table, args.memory_run_cap)
-    print("\nMemory:\n\n" + memory.table(document["memory"]))
-  if args.json:
-    _write_json(document, args.json)
+    print("\nMemory:\n\n" + memory.table(document["memory"]), flush=True)
+    if args.json:
+      _write_json(document, args.json)
   if args.plot:
     written = plot.write([report.Result.from_json(r) for r in document["speed"]["results"]], env, args.plot)
     print("\nplots: " + ", ".join(written), file=sys.stderr)

@@ -1,7 +1,8 @@
 """Memory scaling: the longest sequence whose forward+backward runs at batch 1, 16 heads, head dim 128, bf16
 (causal) with each implementation on this GPU, and the device memory it needs per token.
 
-The length doubles until a run fails, then bisects between the last length that ran and the first that did not.
+The length doubles until a run fails, then bisects between the last length that ran and the first that did not,
+to within an eighth of the length.
 Lengths above `run_cap` are not run (a forward+backward at millions of tokens takes minutes): there the compiled
 program's own memory analysis (arguments + outputs + temporaries, XLA's buffer assignment) is compared with the
 device's memory, and the result says which lengths ran and which only fit by that analysis.
@@ -22,7 +23,10 @@ HEAD_DIM = 128
 DTYPE = "bfloat16"
 CAUSAL = True
 START_SEQLEN = 4096
-RESOLUTION = 1024  # bisection stops when the bracket is this narrow; lengths stay multiples of it
+RESOLUTION = 1024  # lengths stay multiples of this
+# Bisection stops when the bracket is narrower than 1/BRACKET_FRACTION of the longest good length (or RESOLUTION):
+# near its limit each of XLA's attempts autotunes and fails allocations for 15-20 s on an H200.
+BRACKET_FRACTION = 8
 MAX_SEQLEN = 1 << 23  # stop doubling here: no implementation needs more memory than a GPU has before this
 DEFAULT_RUN_CAP = 1 << 18
 MEMORY_PEERS = (peers.OURS, "XLA (jax.nn)")
@@ -81,7 +85,7 @@ def _longest(peer: peers.Peer, run_cap: int, device_bytes: int, progress: Progre
       bad = seqlen
       break
     good, seqlen = seqlen, seqlen * 2
-  while bad is not None and bad - good > RESOLUTION:
+  while bad is not None and bad - good > max(RESOLUTION, good // BRACKET_FRACTION):
     middle = (good + bad) // 2 // RESOLUTION * RESOLUTION
     if fits(middle):
       good = middle
@@ -95,7 +99,7 @@ def run(peer_table: list[peers.Peer], run_cap: int = DEFAULT_RUN_CAP) -> dict:
   device = jax.devices()[0]
   stats = device.memory_stats() if device.platform == "gpu" else None
   setting = {"batch": 1, "heads": HEADS, "head_dim": HEAD_DIM, "dtype": DTYPE, "causal": CAUSAL, "pass": "fwd+bwd",
-             "run_cap": run_cap, "resolution": RESOLUTION}
+             "run_cap": run_cap, "resolution": f"max({RESOLUTION}, longest / {BRACKET_FRACTION})"}
   if not stats or "bytes_limit" not in stats:
     return {"setting": setting, "skipped": f"needs a GPU with memory statistics (device is {device.device_kind})",
             "results": []}

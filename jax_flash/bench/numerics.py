@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_flash.bench import peers
+from jax_flash.bench import check, peers
 from jax_flash.bench.grid import Shape
 from jax_flash.bench.progress import Progress
 from jax_flash.bench.speed import failure_reason
@@ -43,18 +43,12 @@ def paper_inputs(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray, n
 
 
 def reference_float64(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> np.ndarray:
-  """Softmax(q kᵀ / sqrt(D)) v in float64, one head at a time (bounded memory), bottom-right causal."""
-  batch, seqlen_q, heads, head_dim = q.shape
-  seqlen_k = k.shape[1]
+  """Attention in float64, [B, S, H, D], one head at a time (bounded memory)."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
   out = np.empty(q.shape, np.float64)
-  visible = np.arange(seqlen_k)[None, :] <= np.arange(seqlen_q)[:, None] + (seqlen_k - seqlen_q)
-  for b in range(batch):
-    for h in range(heads):
-      scores = q[b, :, h] @ k[b, :, h].T / math.sqrt(head_dim)  # [Sq, Sk]
-      if causal:
-        scores = np.where(visible, scores, -np.inf)
-      probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
-      out[b, :, h] = (probs / probs.sum(axis=-1, keepdims=True)) @ v[b, :, h]
+  for b in range(q.shape[0]):
+    for h in range(q.shape[2]):
+      out[b, :, h] = check.softmax_probs(q[b, :, h], k[b, :, h], causal) @ v[b, :, h]
   return out
 
 
