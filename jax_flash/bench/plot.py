@@ -53,6 +53,10 @@ def _slug(pass_name: str) -> str:
   return pass_name.replace("+", "_")
 
 
+def _seqlen_label(seqlen: int) -> str:
+  return f"{seqlen // 1024}k" if seqlen >= 1024 else str(seqlen)
+
+
 def _peer_order(results: list[Result]) -> list[str]:
   """Peers that have at least one number, in PEERS order (jax_flash first), so colours match across figures."""
   timed = {r.peer for r in results if r.tflops is not None}
@@ -67,7 +71,8 @@ def _subtitle(environment: dict) -> str:
 
 def _speed_figure(plt, results: list[Result], dtype: str, pass_name: str, peer_names: list[str], colours,
                   environment: dict):
-  chosen = [r for r in results if r.dtype == dtype and r.pass_name == pass_name]
+  # Only what was measured: shapes a cut-short run did not reach leave no empty panels or bar groups.
+  chosen = [r for r in results if r.dtype == dtype and r.pass_name == pass_name and r.tflops is not None]
   head_dims = sorted({r.shape.head_dim for r in chosen})
   causal_values = sorted({r.shape.causal for r in chosen})
   figure, axes = plt.subplots(len(causal_values), len(head_dims), squeeze=False,
@@ -77,15 +82,15 @@ def _speed_figure(plt, results: list[Result], dtype: str, pass_name: str, peer_n
       ax = axes[row][col]
       panel = [r for r in chosen if r.shape.head_dim == head_dim and r.shape.causal == causal]
       seqlens = sorted({r.shape.seqlen for r in panel})
-      present = [n for n in peer_names if any(r.peer == n and r.tflops is not None for r in panel)]
+      present = [n for n in peer_names if any(r.peer == n for r in panel)]
       width = BAR_GROUP_WIDTH / max(len(present), 1)
       for i, name in enumerate(present):
-        by_seqlen = {r.shape.seqlen: r.tflops for r in panel if r.peer == name and r.tflops is not None}
+        by_seqlen = {r.shape.seqlen: r.tflops for r in panel if r.peer == name}
         xs = [j + (i - (len(present) - 1) / 2) * width for j, s in enumerate(seqlens) if s in by_seqlen]
         ys = [by_seqlen[s] for s in seqlens if s in by_seqlen]
         bars = ax.bar(xs, ys, width, label=name, color=colours[name])
         ax.bar_label(bars, fmt="%.0f", fontsize=5, rotation=90, padding=1)
-      ax.set_xticks(range(len(seqlens)), [f"{s // 1024}k" if s >= 1024 else str(s) for s in seqlens])
+      ax.set_xticks(range(len(seqlens)), [_seqlen_label(s) for s in seqlens])
       ax.set_title(f"head dim {head_dim}, {'causal' if causal else 'non-causal'}", fontsize=9)
       ax.set_xlabel("sequence length", fontsize=8)
       ax.set_ylabel("TFLOP/s", fontsize=8)
@@ -93,7 +98,7 @@ def _speed_figure(plt, results: list[Result], dtype: str, pass_name: str, peer_n
       ax.tick_params(labelsize=7)
   from matplotlib.patches import Patch
 
-  shown = [n for n in peer_names if any(r.peer == n and r.tflops is not None for r in chosen)]
+  shown = [n for n in peer_names if any(r.peer == n for r in chosen)]
   figure.legend([Patch(color=colours[n]) for n in shown], shown, loc="lower center", ncol=len(shown), fontsize=8,
                 frameon=False)
   figure.suptitle(f"Attention {pass_name}, {dtype} — {_subtitle(environment)}", fontsize=10)
@@ -118,6 +123,9 @@ def _ratio_figure(plt, results: list[Result], dtype: str, environment: dict):
               label=f"D{head_dim}{' causal' if causal else ''}")
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log", base=2)
+    seqlens = sorted({x for points in series.values() for x, _ in points})
+    ax.set_xticks(seqlens, [_seqlen_label(s) for s in seqlens])
+    ax.minorticks_off()
     ax.set_title(pass_name, fontsize=9)
     ax.set_xlabel("sequence length", fontsize=8)
     ax.tick_params(labelsize=7)
