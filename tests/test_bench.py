@@ -241,3 +241,13 @@ def test_memory_search_doubles_then_bisects_to_an_eighth(monkeypatch):
   assert seqlens[:4] == [4096, 8192, 16384, 32768]
   longest = max(a["seqlen"] for a in attempts if a["ok"])
   assert limit - limit // memory.BRACKET_FRACTION <= longest <= limit
+
+
+def test_memory_table_reports_longest_run_fit_and_first_failure():
+  failure = {"seqlen": 18432, "ok": False, "ran": False, "program_bytes": None, "reason": "failed: out of memory"}
+  text = memory.table({"results": [
+      {"peer": "XLA (jax.nn)", "longest_ran": 16384, "longest_fits": 16384, "first_failure": failure,
+       "bytes_per_token": 2.0 * 2**20, "attempts": []},
+      {"peer": "jax_flash", "skipped": "needs a GPU"}]})
+  assert "| XLA (jax.nn) | 16384 | 16384 | 2048.0 KiB | S=18432: failed: out of memory |" in text
+  assert "| jax_flash | needs a GPU |" in text

@@ -136,8 +136,8 @@ def run(peer_table: list[peers.Peer], run_cap: int = DEFAULT_RUN_CAP) -> dict:
 def table(memory: dict) -> str:
   if memory.get("skipped"):
     return f"memory: not measured ({memory['skipped']})"
-  header = ["implementation", "longest run (tokens)", "longest that fits by memory analysis", "bytes / token",
-            "first failure"]
+  header = ["implementation", "longest run (tokens)", "longest that fits by memory analysis",
+            "bytes / token at the longest run", "first failure"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in memory["results"]:
     if r.get("skipped"):
