@@ -16,14 +16,16 @@ nvidia-smi $Q > "$OUT_DIR/run.log"
 timeout 140 python3 -m jax_flash.bench --no-speed --numerics --memory --dtypes float16 bfloat16 --revision "$REV" \
   --json "$OUT_DIR/numerics_memory.json" >> "$OUT_DIR/run.log" 2>&1
 echo "numerics+memory rc=$? at ${SECONDS}s" | tee -a "$OUT_DIR/run.log"
-LEFT=$((END - SECONDS))
-timeout $((LEFT - FP16)) python3 -m jax_flash.bench --dtypes bfloat16 --seconds-per-point 0.1 \
-  --time-limit $((LEFT - FP16 - SETUP_S)) --revision "$REV" --json "$OUT_DIR/bench_bf16.json" \
-  > "$OUT_DIR/bench_bf16.md" 2>> "$OUT_DIR/run.log"
-echo "bf16 rc=$? at ${SECONDS}s" | tee -a "$OUT_DIR/run.log"
-LEFT=$((END - SECONDS))
-timeout $LEFT python3 -m jax_flash.bench --dtypes float16 --head-dims 128 --seconds-per-point 0.1 \
-  --time-limit $((LEFT - SETUP_S)) --revision "$REV" --json "$OUT_DIR/bench_fp16.json" \
-  > "$OUT_DIR/bench_fp16.md" 2>> "$OUT_DIR/run.log"
-echo "fp16 rc=$? at ${SECONDS}s" | tee -a "$OUT_DIR/run.log"
+# grid NAME SECONDS ARGS...: one speed run that must end within SECONDS (skipped when too little time is left).
+grid() {
+  local name=$1 seconds=$2; shift 2
+  if (( seconds <= 2 * SETUP_S )); then
+    echo "$name skipped: ${seconds}s left" | tee -a "$OUT_DIR/run.log"; return
+  fi
+  timeout "$seconds" python3 -m jax_flash.bench "$@" --seconds-per-point 0.1 --time-limit $((seconds - SETUP_S)) \
+    --revision "$REV" --json "$OUT_DIR/bench_$name.json" > "$OUT_DIR/bench_$name.md" 2>> "$OUT_DIR/run.log"
+  echo "$name rc=$? at ${SECONDS}s" | tee -a "$OUT_DIR/run.log"
+}
+grid bf16 $((END - SECONDS - FP16)) --dtypes bfloat16
+grid fp16 $((END - SECONDS)) --dtypes float16 --head-dims 128
 nvidia-smi $Q >> "$OUT_DIR/run.log"
