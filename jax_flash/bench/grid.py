@@ -10,9 +10,11 @@ HEAD_DIMS = (64, 128, 256)
 SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
 QUICK_HEAD_DIMS = (64, 128)
 QUICK_SEQLENS = (1024, 4096)
+DTYPES = ("bfloat16", "float16")
 
 # Passes and their cost in units of the forward's matmul FLOPs.
 PASS_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
+PASSES = tuple(PASS_FLOP_FACTOR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +36,20 @@ class Shape:
       forward /= 2
     return forward * PASS_FLOP_FACTOR[pass_name]
 
+  def label(self) -> str:
+    return f"D{self.head_dim} S{self.seqlen}{' causal' if self.causal else ''}"
+
 
 def shapes(quick: bool, head_dims=None, seqlens=None) -> list[Shape]:
   """The grid (or its quick subset), optionally restricted to some head dims and sequence lengths."""
   head_dims = head_dims or (QUICK_HEAD_DIMS if quick else HEAD_DIMS)
   seqlens = seqlens or (QUICK_SEQLENS if quick else SEQLENS)
   return [Shape.from_grid(s, d, c) for d in head_dims for s in seqlens for c in (False, True)]
+
+
+def coarse_to_fine(shapes_: list[Shape]) -> list[Shape]:
+  """The same shapes, every other sequence length (the longest included) first: a run cut short by its time limit
+  still covers every (head dim, causal) panel across the whole range of lengths."""
+  seqlens = sorted({s.seqlen for s in shapes_})
+  rank = {s: ((len(seqlens) - 1 - i) % 2, i) for i, s in enumerate(seqlens)}
+  return sorted(shapes_, key=lambda s: rank[s.seqlen])
