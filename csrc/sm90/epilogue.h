@@ -1,6 +1,5 @@
-// Epilogue of one query tile: O (registers, fp32) -> 16-bit -> shared memory (stmatrix, into O's own tile or V's
-// bytes, Traits::kSeparateO) -> global memory with one TMA store, which clips rows past Sq and columns past the
-// head dim; lse straight from registers.
+// Epilogue of one query tile: O (registers, fp32) -> 16-bit -> shared memory (stmatrix, into V's bytes) -> global
+// memory with one TMA store, which clips rows past Sq and columns past the head dim; lse straight from registers.
 // Tiles whose rows see no key get o = 0 and lse = -inf with plain stores.
 #pragma once
 
@@ -40,13 +39,7 @@ struct Epilogue {
     Tensor tOrO_out = make_tensor_like<Element>(tOrO);
     convert_fragment(tOrO, tOrO_out);
 
-    const int warp = mma_thread_idx / kWarpSize;
-    const bool store_thread = warp == kStoreWarp && mma_thread_idx % kWarpSize == 0;
-    // A separate O tile is free once the previous tile's store has read it (that wait is deferred to here, off
-    // the store's critical path); O in V's bytes is free once every consumer has finished its last O += P V.
-    if constexpr (Traits::kSeparateO) {
-      if (store_thread) tma_store_wait<0>();
-    }
+    // O reuses V's bytes: every consumer must have finished its last O += P V.
     named_barrier_sync(kNumMmaThreads, barrier_id(NamedBarrier::kEpilogueSmemFree));
     Tensor sO = make_tensor(make_smem_ptr(smem.tensors.o.data()), typename Traits::SmemLayoutO{});
     auto smem_copy_o = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_pv);
@@ -58,18 +51,17 @@ struct Epilogue {
 
     store_lse(params, lse, coord, mma_thread_idx);
 
+    const int warp = mma_thread_idx / kWarpSize;
     if (warp == kStoreWarp) {
       named_barrier_sync(kSmemFullThreads, barrier_id(NamedBarrier::kEpilogueSmemFull));
-      if (store_thread) {
+      if (mma_thread_idx % kWarpSize == 0) {
         Tensor mO = params.tma_o.get_tma_tensor(params.shape_q)(_, _, coord.head, coord.batch);
         Tensor gO = local_tile(mO, typename Params::TileQ{}, make_coord(coord.m_block, _0{}));
         auto cta_tma_o = params.tma_o.get_slice(_0{});
         copy(params.tma_o, cta_tma_o.partition_S(sO), cta_tma_o.partition_D(gO));
         tma_store_arrive();
-        if constexpr (!Traits::kSeparateO) {
-          tma_store_wait<0>();  // the store has read O out of shared memory: V's bytes are free
-          cutlass::arch::ClusterBarrier::arrive(&smem.o_read);
-        }
+        tma_store_wait<0>();  // the store has read O out of shared memory
+        cutlass::arch::ClusterBarrier::arrive(&smem.o_read);
       }
       __syncwarp();
     }

@@ -37,8 +37,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     prefetch_tma_descriptor(params.tma_o.get_tma_descriptor());
     Pipeline::init(smem.pipeline_k, Traits::kNumMmaWarps);
     Pipeline::init(smem.pipeline_v, Traits::kNumMmaWarps);
-    Traits::PipelineQ::init(smem.pipeline_q, Traits::kNumMmaWarps);
-    if constexpr (!Traits::kSeparateO) cutlass::arch::ClusterBarrier::init(&smem.o_read, 1);
+    cutlass::arch::ClusterTransactionBarrier::init(&smem.q_full, 1);
+    cutlass::arch::ClusterBarrier::init(&smem.o_read, 1);
   }
   cutlass::arch::fence_barrier_init();
   __syncthreads();
@@ -46,18 +46,16 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   const Scheduler scheduler{params.scheduler, &smem.next_tile};
   const Pipeline pipe_k{&smem.pipeline_k};
   const Pipeline pipe_v{&smem.pipeline_v};
-  const typename Traits::PipelineQ pipe_q{&smem.pipeline_q};
   State st;
-  typename Traits::PipelineQ::State st_q;
+  int work_idx = 0;
 
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
     if (warp != 0) return;
     const MainloopLoad<Traits> load;
-    int work_idx = 0;  // tiles loaded (with visible keys)
     for (int tile = scheduler.initial_tile(); scheduler.valid(tile);) {
-      const int prefetched = load.load_tile(params, smem, pipe_k, pipe_v, pipe_q, st, st_q, work_idx, tile,
-                                            scheduler.coord(tile), scheduler);
+      const int prefetched = load.load_tile(params, smem, pipe_k, pipe_v, st, work_idx, tile, scheduler.coord(tile),
+                                            scheduler);
       tile = scheduler.producer_next(prefetched);
     }
   } else {
@@ -72,7 +70,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       Tensor tOrO = partition_fragment_C(typename Traits::TiledMmaPV{}, select<0, 1>(typename Traits::TileShapePV{}));
       float lse[MainloopMma<Traits>::kRowsPerThread];
       const bool has_keys =
-          mainloop.run(params, smem, pipe_k, pipe_v, pipe_q, st, st_q, coord, mma_thread_idx, tOrO, lse);
+          mainloop.run(params, smem, pipe_k, pipe_v, st, work_idx, coord, mma_thread_idx, tOrO, lse);
       // Claim the next tile before the epilogue, so the producer can start loading it meanwhile.
       tile = scheduler.consumer_next(tile);
       if (has_keys) {

@@ -8,8 +8,6 @@
 #error "compile the sm90 kernels with -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED"
 #endif
 
-#include <type_traits>
-
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/numeric_types.h>
@@ -28,10 +26,6 @@ constexpr int kWgmmaRows = 64;
 constexpr int kRegistersPerSm = 64 * 1024;
 // A swizzle-128B atom repeats every 1024 bytes; TMA and wgmma both address it from 1024-byte aligned buffers.
 constexpr int kSwizzleAlignment = 1024;
-// Dynamic shared memory one CTA may use on sm_90 (227 KB), and what the barriers and scheduler slot take of it
-// (rounded up to the tensors' alignment).
-constexpr int kMaxSmemBytes = 227 * 1024;
-constexpr int kSmemBarrierBytes = kSwizzleAlignment;
 
 // kPingPong: consumer warpgroups take turns on the tensor cores (named barriers), so one's softmax runs under the
 // other's GEMMs. kIntraWarpgroupOverlap: issue S = Q K^T of block j+1 and O += P V of block j together and do the
@@ -93,51 +87,26 @@ struct FwdKernelTraits {
 
   using Pipeline = TmaPipeline<kStages>;
 
-  // Where shared memory allows (the smaller tiles): two Q buffers, so that the next tile's Q loads while this
-  // tile runs, and an O tile of its own, so that the next tile's V need not wait for the TMA store of O. The
-  // large tiles keep one Q buffer and put O into V's bytes.
-  static constexpr int kSmemQBytes = int(cosize_v<SmemLayoutQ> * sizeof(Element));
-  static constexpr int kSmemKVBytes = int((cosize_v<SmemLayoutK> + cosize_v<SmemLayoutVt>) * sizeof(Element));
-  static constexpr bool kSeparateO = kSmemKVBytes + 3 * kSmemQBytes + kSmemBarrierBytes <= kMaxSmemBytes;
-  static constexpr int kQueryStages = kSeparateO ? 2 : 1;
-  using PipelineQ = TmaPipeline<kQueryStages>;
-
   struct SharedStorage {
-    struct Mainloop {
-      // V first: without a separate O tile the epilogue's O reuses V's bytes once the last O += P V of a tile has
-      // completed.
-      cute::array_aligned<Element, cosize_v<SmemLayoutVt>, kSwizzleAlignment> v;
-      // kQueryStages buffers of Q, one after another (smem_q).
-      cute::array_aligned<Element, cosize_v<SmemLayoutQ> * kQueryStages, kSwizzleAlignment> q;
-      cute::array_aligned<Element, cosize_v<SmemLayoutK>, kSwizzleAlignment> k;
-    };
-    using TileO = cute::array_aligned<Element, cosize_v<SmemLayoutO>, kSwizzleAlignment>;
-    union SharedO {
-      Mainloop mainloop;
-      TileO o;
-    };
-    struct SeparateO {
-      Mainloop mainloop;
-      TileO o;
-    };
-    std::conditional_t<kSeparateO, SeparateO, SharedO> tensors;
+    union Tensors {
+      struct Mainloop {
+        // V first: the epilogue's O tile reuses V's bytes once the last O += P V of a tile has completed.
+        cute::array_aligned<Element, cosize_v<SmemLayoutVt>, kSwizzleAlignment> v;
+        cute::array_aligned<Element, cosize_v<SmemLayoutQ>, kSwizzleAlignment> q;
+        cute::array_aligned<Element, cosize_v<SmemLayoutK>, kSwizzleAlignment> k;
+      } mainloop;
+      cute::array_aligned<Element, cosize_v<SmemLayoutO>, kSwizzleAlignment> o;
+    } tensors;
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
-    // Q buffers: full when Q of a tile has landed; empty once every S = Q K^T of that tile has completed.
-    typename PipelineQ::SharedStorage pipeline_q;
-    // Without a separate O tile: the epilogue's TMA store has read O out of shared memory, so V's bytes may be
-    // overwritten (one arrival).
+    // Q of the current tile has landed (TMA transaction barrier, one arrival: the producer).
+    uint64_t q_full;
+    // The epilogue's TMA store has read O out of shared memory, so V's bytes may be overwritten (one arrival).
     uint64_t o_read;
     // The next tile index, handed from the producer warp to the consumers by the dynamic scheduler.
     int next_tile;
   };
   static_assert(cosize_v<SmemLayoutO> <= cosize_v<SmemLayoutVt>, "the O tile must fit in V's bytes");
-  static_assert(sizeof(SharedStorage) <= kMaxSmemBytes, "shared storage exceeds the per-CTA limit");
-
-  // Buffer `index` of Q in shared memory.
-  __device__ __forceinline__ static Element* smem_q(SharedStorage& smem, int index) {
-    return smem.tensors.mainloop.q.data() + index * cosize_v<SmemLayoutQ>;
-  }
 
   static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
   static constexpr uint32_t kTmaBytesK = kBlockN * kHeadDim * sizeof(Element);

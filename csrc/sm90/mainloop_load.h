@@ -1,10 +1,9 @@
 // Producer: one warp loads a tile's Q once and its K and V blocks, last key block first, into the shared-memory
 // pipelines with TMA (out-of-range rows and head-dim columns arrive as zeros).
 //
-// Order per tile: K(last) and Q (Q first when it has two buffers, as its buffer is then free long before K's
-// stage; otherwise K first, since Q waits until the consumers finished the previous tile); then V, once the
-// previous tile's O has left shared memory where O reuses V's bytes. With the intra-warpgroup overlap the consumers
-// need K(j - 1) before V(j), so V trails K by one block; otherwise K(j) and V(j) go together.
+// Order per tile: K(last); Q once the consumers released the previous Q; then, once the previous tile's O has
+// left shared memory (it reuses V's bytes), V. With the intra-warpgroup overlap the consumers need K(j - 1)
+// before V(j), so V trails K by one block; otherwise K(j) and V(j) go together.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -12,6 +11,7 @@
 
 #include "common/mask.h"
 #include "sm90/kernel_traits.h"
+#include "sm90/named_barriers.h"
 #include "sm90/score_mask.h"
 #include "sm90/tile_scheduler.h"
 
@@ -25,26 +25,23 @@ struct MainloopLoad {
   using SharedStorage = typename Traits::SharedStorage;
   using Pipeline = typename Traits::Pipeline;
   using State = typename Pipeline::State;
-  using PipelineQ = typename Traits::PipelineQ;
-  using StateQ = typename PipelineQ::State;
   static constexpr int kBlockM = Traits::kBlockM;
   static constexpr int kBlockN = Traits::kBlockN;
   static constexpr int kHeadDim = Traits::kHeadDim;
 
   // Loads one tile; returns the scheduler's prefetched next tile (claimed while V is still loading).
-  // `st`, `st_q` and `work_idx` (tiles loaded so far, the parity of the O barrier) advance only for tiles with
+  // `st` and `work_idx` (tiles loaded so far, the parity of the Q and O barriers) advance only for tiles with
   // visible keys, as on the consumer side.
   template <class Params, class Scheduler>
   __device__ __forceinline__ int load_tile(const Params& params, SharedStorage& smem, const Pipeline& pipe_k,
-                                           const Pipeline& pipe_v, const PipelineQ& pipe_q, State& st, StateQ& st_q,
-                                           int& work_idx, int tile, const TileCoord& coord,
-                                           const Scheduler& scheduler) const {
+                                           const Pipeline& pipe_v, State& st, int& work_idx, int tile,
+                                           const TileCoord& coord, const Scheduler& scheduler) const {
     const ScoreMask<kBlockM, kBlockN> mask(params.attn, coord.m_block);
     const IndexRange blocks = mask.key_blocks();
     if (blocks.empty()) return scheduler.producer_prefetch(tile);
 
     const int kv_head = coord.head / int(params.attn.group_size());
-    Tensor sQ = make_tensor(make_smem_ptr(Traits::smem_q(smem, st_q.index)), typename Traits::SmemLayoutQ{});
+    Tensor sQ = make_tensor(make_smem_ptr(smem.tensors.mainloop.q.data()), typename Traits::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(smem.tensors.mainloop.k.data()), typename Traits::SmemLayoutK{});
     Tensor sVt = make_tensor(make_smem_ptr(smem.tensors.mainloop.v.data()), typename Traits::SmemLayoutVt{});
 
@@ -84,18 +81,17 @@ struct MainloopLoad {
       }
     };
 
-    auto load_q = [&] {
-      pipe_q.producer_wait(st_q);
-      if (leader) copy(params.tma_q.with(pipe_q.producer_arm(st_q, Traits::kTmaBytesQ), 0, kStream), tQgQ, tQsQ);
-      st_q.advance();
-    };
-
     int n_block = int(blocks.end) - 1;
-    if constexpr (Traits::kQueryStages > 1) load_q();
     load_k(n_block, st);
-    if constexpr (Traits::kQueryStages == 1) load_q();
 
-    if constexpr (!Traits::kSeparateO) cutlass::arch::ClusterBarrier::wait(&smem.o_read, (work_idx + 1) & 1);
+    __syncwarp();
+    named_barrier_sync(Traits::kNumMmaThreads + Traits::kNumProducerThreads, barrier_id(NamedBarrier::kQueryEmpty));
+    if (leader) {
+      cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&smem.q_full, Traits::kTmaBytesQ);
+      copy(params.tma_q.with(smem.q_full, 0, kStream), tQgQ, tQsQ);
+    }
+
+    cutlass::arch::ClusterBarrier::wait(&smem.o_read, (work_idx + 1) & 1);
     if constexpr (!Traits::kIntraWarpgroupOverlap) load_v(n_block, st);
     for (--n_block; n_block >= int(blocks.begin); --n_block) {
       const State st_v = st;

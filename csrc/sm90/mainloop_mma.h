@@ -29,8 +29,6 @@ struct MainloopMma {
   using SharedStorage = typename Traits::SharedStorage;
   using Pipeline = typename Traits::Pipeline;
   using State = typename Pipeline::State;
-  using PipelineQ = typename Traits::PipelineQ;
-  using StateQ = typename PipelineQ::State;
   static constexpr int kBlockM = Traits::kBlockM;
   static constexpr int kBlockN = Traits::kBlockN;
   static constexpr int kNumMmaWarpgroups = Traits::kNumMmaWarpgroups;
@@ -43,8 +41,10 @@ struct MainloopMma {
 
   __device__ __forceinline__ explicit MainloopMma(int warpgroup_) : warpgroup(warpgroup_) {}
 
-  // Once per kernel, before the first tile: the first warpgroup holds the first turn.
+  // Once per kernel, before the first tile: Q's buffer starts free, and the first warpgroup holds the first turn.
   __device__ __forceinline__ void init() const {
+    named_barrier_arrive(Traits::kNumMmaThreads + Traits::kNumProducerThreads,
+                         barrier_id(NamedBarrier::kQueryEmpty));
     if constexpr (Traits::kPingPong) {
       if (warpgroup == 0) named_barrier_arrive(kTurnThreads, barrier_id(NamedBarrier::kWarpgroupTurn, 0));
     }
@@ -64,9 +64,8 @@ struct MainloopMma {
   // no pipeline stage, when no row of the tile sees a key (the producer loaded nothing for it).
   template <class Params, class FragO>
   __device__ __forceinline__ bool run(const Params& params, SharedStorage& smem, const Pipeline& pipe_k,
-                                      const Pipeline& pipe_v, const PipelineQ& pipe_q, State& st, StateQ& st_q,
-                                      const TileCoord& coord, int mma_thread_idx, FragO& tOrO,
-                                      float (&lse)[kRowsPerThread]) const {
+                                      const Pipeline& pipe_v, State& st, int& work_idx, const TileCoord& coord,
+                                      int mma_thread_idx, FragO& tOrO, float (&lse)[kRowsPerThread]) const {
     const ScoreMask<kBlockM, kBlockN> mask(params.attn, coord.m_block);
     const IndexRange blocks = mask.key_blocks();
     if (blocks.empty()) return false;
@@ -77,7 +76,7 @@ struct MainloopMma {
     auto wg_mma_pv = mma_pv.get_slice(warpgroup * kWarpgroupThreads);
     auto thr_mma_qk = mma_qk.get_thread_slice(mma_thread_idx);
 
-    Tensor sQ = make_tensor(make_smem_ptr(Traits::smem_q(smem, st_q.index)), typename Traits::SmemLayoutQ{});
+    Tensor sQ = make_tensor(make_smem_ptr(smem.tensors.mainloop.q.data()), typename Traits::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(smem.tensors.mainloop.k.data()), typename Traits::SmemLayoutK{});
     Tensor sVt = make_tensor(make_smem_ptr(smem.tensors.mainloop.v.data()), typename Traits::SmemLayoutVt{});
     Tensor tSrQ = wg_mma_qk.partition_fragment_A(sQ);   // wgmma descriptors of this warpgroup's 64 rows of Q
@@ -101,7 +100,7 @@ struct MainloopMma {
     CUTE_UNROLL
     for (int m = 0; m < kRowsPerThread; ++m) o_scale[m] = 1.f;
 
-    pipe_q.consumer_wait(st_q);
+    cutlass::arch::ClusterTransactionBarrier::wait(&smem.q_full, work_idx & 1);
     int n_block = int(blocks.end) - 1;
 
     if constexpr (Traits::kIntraWarpgroupOverlap) {
@@ -139,7 +138,7 @@ struct MainloopMma {
         scores_to_p();
         if constexpr (!Traits::kRescaleOBeforePV) rescale_o(tOrO, o_scale);
       }
-      release_query(pipe_q, st_q);
+      release_query();
       if constexpr (Traits::kRescaleOBeforePV) rescale_o(tOrO, o_scale);
       pipe_v.consumer_wait(st);
       warpgroup_gemm<-1>(mma_pv, tOrP, v_stage(st), tOrO, /*zero_init=*/false);
@@ -174,12 +173,12 @@ struct MainloopMma {
         st.advance();
       }
       pass_turn();
-      release_query(pipe_q, st_q);
+      release_query();
       float inv_sum[kRowsPerThread];
       softmax.finalize(inv_sum, lse);
       Softmax::rescale(tOrO, inv_sum);
     }
-    st_q.advance();
+    ++work_idx;
     return true;
   }
 
@@ -190,9 +189,10 @@ struct MainloopMma {
     if (Softmax::rescale_needed(o_scale)) Softmax::rescale(tOrO, o_scale);
   }
 
-  // Every S = Q K^T of the tile has completed: the producer may overwrite this Q buffer.
-  __device__ __forceinline__ static void release_query(const PipelineQ& pipe_q, const StateQ& st_q) {
-    pipe_q.consumer_release(st_q);
+  // Every S = Q K^T of the tile has completed: the producer may overwrite Q.
+  __device__ __forceinline__ void release_query() const {
+    named_barrier_arrive(Traits::kNumMmaThreads + Traits::kNumProducerThreads,
+                         barrier_id(NamedBarrier::kQueryEmpty));
   }
 };
 
