@@ -104,8 +104,13 @@ struct MainloopMma {
     int n_block = int(blocks.end) - 1;
 
     if constexpr (Traits::kIntraWarpgroupOverlap) {
+      // The first S = Q K^T takes a turn too, so that the warpgroups start each tile already staggered.
       pipe_k.consumer_wait(st);
-      warpgroup_gemm<0>(mma_qk, tSrQ, k_stage(st), tSrS, /*zero_init=*/true);
+      wait_turn();
+      warpgroup_gemm<-1>(mma_qk, tSrQ, k_stage(st), tSrS, /*zero_init=*/true);
+      pass_turn();
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tSrS);
       pipe_k.consumer_release(st);
       transform_scores(n_block);
       softmax.first_block(tSrS);
@@ -117,7 +122,7 @@ struct MainloopMma {
         pipe_k.consumer_wait(st);
         wait_turn();
         warpgroup_gemm<-1>(mma_qk, tSrQ, k_stage(st), tSrS, /*zero_init=*/true);
-        if constexpr (Traits::kRescaleOBeforePV) Softmax::rescale(tOrO, o_scale);
+        if constexpr (Traits::kRescaleOBeforePV) rescale_o(tOrO, o_scale);
         pipe_v.consumer_wait(st_v);
         warpgroup_gemm<-1>(mma_pv, tOrP, v_stage(st_v), tOrO, /*zero_init=*/false);
         pass_turn();
@@ -131,10 +136,10 @@ struct MainloopMma {
         warpgroup_fence_operand(tOrP);
         pipe_v.consumer_release(st_v);
         scores_to_p();
-        if constexpr (!Traits::kRescaleOBeforePV) Softmax::rescale(tOrO, o_scale);
+        if constexpr (!Traits::kRescaleOBeforePV) rescale_o(tOrO, o_scale);
       }
       release_query();
-      if constexpr (Traits::kRescaleOBeforePV) Softmax::rescale(tOrO, o_scale);
+      if constexpr (Traits::kRescaleOBeforePV) rescale_o(tOrO, o_scale);
       pipe_v.consumer_wait(st);
       warpgroup_gemm<-1>(mma_pv, tOrP, v_stage(st), tOrO, /*zero_init=*/false);
       float inv_sum[kRowsPerThread];
@@ -158,7 +163,7 @@ struct MainloopMma {
           softmax.first_block(tSrS);
         } else {
           softmax.next_block(tSrS, o_scale);
-          Softmax::rescale(tOrO, o_scale);
+          rescale_o(tOrO, o_scale);
         }
         scores_to_p();
         pipe_v.consumer_wait(st);
@@ -178,6 +183,12 @@ struct MainloopMma {
   }
 
  private:
+  // O *= o_scale per row, skipped when every factor of this thread's rows is 1 (the usual case, see softmax.h).
+  template <class FragO>
+  __device__ __forceinline__ static void rescale_o(FragO& tOrO, const float (&o_scale)[kRowsPerThread]) {
+    if (Softmax::rescale_needed(o_scale)) Softmax::rescale(tOrO, o_scale);
+  }
+
   // Every S = Q K^T of the tile has completed: the producer may overwrite Q.
   __device__ __forceinline__ void release_query() const {
     named_barrier_arrive(Traits::kNumMmaThreads + Traits::kNumProducerThreads,

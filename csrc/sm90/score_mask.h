@@ -20,9 +20,19 @@ template <int kBlockM, int kBlockN>
 struct ScoreMask {
   const AttentionParams& p;
   IndexRange rows;  // the query rows of this tile that exist (the tile may run past Sq)
+  // Key blocks [unmasked_begin, unmasked_end) that every row of the tile sees whole (block_fully_visible),
+  // computed once per tile so that the per-block test is two 32-bit compares.
+  int unmasked_begin, unmasked_end;
 
   __device__ __forceinline__ ScoreMask(const AttentionParams& params, int m_block)
-      : p(params), rows{int64_t(m_block) * kBlockM, jf_min(int64_t(m_block + 1) * kBlockM, params.seqlen_q)} {}
+      : p(params), rows{int64_t(m_block) * kBlockM, jf_min(int64_t(m_block + 1) * kBlockM, params.seqlen_q)} {
+    // Keys every row sees: from the last row's first visible key to the first row's end (both ends of the
+    // visible range are nondecreasing in the row).
+    const int64_t first_key = visible_keys(p, rows.end - 1).begin;
+    const int64_t end_key = visible_keys(p, rows.begin).end;
+    unmasked_begin = int((first_key + kBlockN - 1) / kBlockN);
+    unmasked_end = int(end_key / kBlockN);
+  }
 
   // Key blocks [begin, end) holding at least one key some row of the tile sees; empty when no row sees a key.
   __device__ __forceinline__ IndexRange key_blocks() const {
@@ -33,8 +43,7 @@ struct ScoreMask {
 
   // False when every row of the tile sees every key of block n_block (which then lies entirely below Sk).
   __device__ __forceinline__ bool needs_mask(int n_block) const {
-    const int64_t first_key = int64_t(n_block) * kBlockN;
-    return !block_fully_visible(p, rows, {first_key, first_key + kBlockN});
+    return n_block < unmasked_begin || n_block >= unmasked_end;
   }
 
   // scores: this thread's accumulator fragment of the [kBlockM, kBlockN] tile; thr_mma: its slice of the tiled MMA.

@@ -2,9 +2,14 @@
 //
 // Scores stay in raw units; the running row max m is kept raw too, and p = exp2(s * c - m * c) with
 // c = log2(e) * scale is one FFMA and one EX2 per score. Each thread keeps partial row sums over its own columns;
-// the four threads that share a row reduce them once, in finalize(). O is rescaled per block by exp2((m_old -
-// m_new) c) and divided by the row sum at the end. A row that has seen only masked scores keeps m = -inf and
-// sum 0, and ends with O = 0 and lse = -inf (no -inf - -inf anywhere).
+// the four threads that share a row reduce them once, in finalize(). O is rescaled by exp2((m_old - m_new) c)
+// and divided by the row sum at the end. A row that has seen only masked scores keeps m = -inf and sum 0, and
+// ends with O = 0 and lse = -inf (no -inf - -inf anywhere).
+//
+// The offset m need not be the exact running max, only close enough that exp2 cannot overflow: it moves only when
+// a block's max exceeds it by more than kMaxGrowthLog2 (in exponent units), so p <= 2^kMaxGrowthLog2, harmless in
+// fp32 sums and in the 16-bit P (same relative precision at any magnitude). Past the first blocks of a row the
+// max almost never grows that much, the factor is exactly 1, and the rescale of O is skipped (rescale_needed).
 #pragma once
 
 #include <cmath>
@@ -18,6 +23,8 @@ namespace jax_flash::sm90 {
 using namespace cute;
 
 constexpr float kLog2e = 1.4426950408889634f;
+// How far (log2 units) a row's scores may exceed its exponent offset before the offset moves (see above).
+constexpr float kMaxGrowthLog2 = 8.f;
 constexpr float kLn2 = 0.6931471805599453f;
 // The threads of a quad (lanes 4i..4i+3) hold the columns of the same two accumulator rows.
 constexpr int kThreadsPerRow = 4;
@@ -61,8 +68,10 @@ struct OnlineSoftmax {
   float row_max[kRows];
   float row_sum[kRows];  // this thread's columns only, until finalize()
   const float scale_log2;
+  const float max_growth;  // kMaxGrowthLog2 in raw score units
 
-  __device__ __forceinline__ explicit OnlineSoftmax(float scale_log2_) : scale_log2(scale_log2_) {}
+  __device__ __forceinline__ explicit OnlineSoftmax(float scale_log2_)
+      : scale_log2(scale_log2_), max_growth(kMaxGrowthLog2 / scale_log2_) {}
 
   // First key block of a tile: scores -> p in place.
   template <class Frag>
@@ -77,7 +86,8 @@ struct OnlineSoftmax {
     exponentiate(s);
   }
 
-  // A later key block: scores -> p in place; o_scale[m] receives the factor to rescale row m of O by.
+  // A later key block: scores -> p in place; o_scale[m] receives the factor to rescale row m of O by (exactly 1
+  // when the offset stays).
   template <class Frag>
   __device__ __forceinline__ void next_block(Frag& scores, float (&o_scale)[kRows]) {
     Tensor s = make_tensor(scores.data(), accumulator_rows_cols(scores.layout()));
@@ -85,11 +95,25 @@ struct OnlineSoftmax {
     CUTE_UNROLL
     for (int m = 0; m < kRows; ++m) {
       const float previous = row_max[m];
-      row_max[m] = quad_allreduce(thread_row_max(s, m, previous), MaxOp{});
-      o_scale[m] = fast_exp2((previous - finite_max(m)) * scale_log2);
-      row_sum[m] *= o_scale[m];
+      const float block_max = quad_allreduce(thread_row_max(s, m, -INFINITY), MaxOp{});
+      // From -inf (only masked scores so far) any finite max moves the offset, and the factor is exp2(-inf) = 0.
+      if (block_max > previous + max_growth) {
+        row_max[m] = block_max;
+        o_scale[m] = fast_exp2((previous - block_max) * scale_log2);
+        row_sum[m] *= o_scale[m];
+      } else {
+        o_scale[m] = 1.f;
+      }
     }
     exponentiate(s);
+  }
+
+  // False when every factor is 1, so that rescaling by them would change nothing.
+  __device__ __forceinline__ static bool rescale_needed(const float (&factor)[kRows]) {
+    bool needed = false;
+    CUTE_UNROLL
+    for (int m = 0; m < kRows; ++m) needed |= factor[m] != 1.f;
+    return needed;
   }
 
   // After the last block: inv_sum[m] = 1 / (row sum), 0 for a row with no visible key; lse[m] = natural-log
@@ -115,12 +139,24 @@ struct OnlineSoftmax {
   }
 
  private:
+  // Several independent FMNMX chains, combined at the end: one chain over every column of the row is
+  // latency-bound (Nsight Compute put about 9% of the consumer warps' stall samples on it).
+  static constexpr int kMaxChains = 4;
+
   template <class RowsCols>
   __device__ __forceinline__ static float thread_row_max(const RowsCols& s, int m, float init) {
-    float mx = init;
+    static_assert(decltype(size<1>(s))::value % kMaxChains == 0);
+    float mx[kMaxChains];
     CUTE_UNROLL
-    for (int n = 0; n < size<1>(s); ++n) mx = fmaxf(mx, s(m, n));
-    return mx;
+    for (int c = 0; c < kMaxChains; ++c) mx[c] = init;
+    CUTE_UNROLL
+    for (int n = 0; n < size<1>(s); ++n) mx[n % kMaxChains] = fmaxf(mx[n % kMaxChains], s(m, n));
+    CUTE_UNROLL
+    for (int width = kMaxChains / 2; width > 0; width /= 2) {
+      CUTE_UNROLL
+      for (int c = 0; c < width; ++c) mx[c] = fmaxf(mx[c], mx[c + width]);
+    }
+    return mx[0];
   }
 
   // The max used as exponent offset: 0 while the row has only masked scores, so that exp2(-inf - 0) = 0.

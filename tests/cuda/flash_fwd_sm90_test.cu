@@ -2,6 +2,7 @@
 //
 //   flash_fwd_sm90_test check   correctness sweep against a float64 CPU reference (outputs poisoned with NaN first)
 //   flash_fwd_sm90_test bench   TFLOP/s on the FlashAttention-3 paper grid (bf16) and the ablation shape
+//   flash_fwd_sm90_test ablation   the ablation shape alone (with/without ping-pong and intra-warpgroup overlap)
 //   flash_fwd_sm90_test quick   a few small cases (for compute-sanitizer)
 //   flash_fwd_sm90_test time D SEQLEN CAUSAL REPS   one grid shape, REPS timed runs (for profilers)
 // Exit status 0 only if every check passed.
@@ -410,6 +411,21 @@ double attention_flops(const AttentionParams& p, bool causal) {
   return causal ? f / 2 : f;
 }
 
+// The FlashAttention-3 paper's ablation shape, with and without ping-pong and the intra-warpgroup overlap.
+void run_ablation(uint64_t seed) {
+  constexpr int kBatches = 5, kLaunchesPerBatch = 10;
+  const int sms = num_sms();
+  AttentionParams p = make_params(4, 8448, 8448, 16, 16, 128);
+  const DeviceBuffers buf(p);
+  buf.randomize(DType::kBFloat16, seed);
+  for (const AblationVariant& variant : ablation_variants()) {
+    const float ms = median_ms(
+        [&] { return variant.launch(p, buf.q, buf.k, buf.v, buf.o, buf.lse, sms); }, kBatches, kLaunchesPerBatch);
+    std::printf("ablation B4 S8448 H16 D128 non-causal %-32s %.3f ms %.1f TFLOP/s\n", variant.name, ms,
+                attention_flops(p, false) / (ms * 1e-3) / 1e12);
+  }
+}
+
 // Timings on the FlashAttention-3 paper grid: batch x seqlen = 16k tokens, heads x head_dim = 2048, bf16.
 int run_bench() {
   constexpr int64_t kTokens = 16384, kModelDim = 2048;
@@ -442,16 +458,7 @@ int run_bench() {
       }
     }
   }
-  // The FlashAttention-3 paper's ablation shape.
-  AttentionParams p = make_params(4, 8448, 8448, 16, 16, 128);
-  const DeviceBuffers buf(p);
-  buf.randomize(DType::kBFloat16, rng());
-  for (const AblationVariant& variant : ablation_variants()) {
-    const float ms = median_ms(
-        [&] { return variant.launch(p, buf.q, buf.k, buf.v, buf.o, buf.lse, sms); }, kBatches, kLaunchesPerBatch);
-    std::printf("ablation B4 S8448 H16 D128 non-causal %-32s %.3f ms %.1f TFLOP/s\n", variant.name, ms,
-                attention_flops(p, false) / (ms * 1e-3) / 1e12);
-  }
+  run_ablation(rng());
   // Tile-shape alternatives on the grid (TFLOP/s).
   for (const TileVariant& variant : tile_variants()) {
     std::printf("tiles %-30s", variant.name);
@@ -506,6 +513,7 @@ int main(int argc, char** argv) {
   int failures = 0;
   if (mode == "check" || mode == "quick") failures += run_checks(mode == "quick");
   if (mode == "bench") failures += run_bench();
+  if (mode == "ablation") run_ablation(7);
   if (mode == "time" && argc == 6) failures += run_time(std::atoll(argv[2]), std::atoll(argv[3]), std::atoi(argv[4]) != 0, std::atoi(argv[5]));
   std::printf("%s: %d failures\n", mode.c_str(), failures);
   return failures == 0 ? 0 : 1;
