@@ -14,6 +14,7 @@
 #include "sm80/dispatch.h"
 #include "sm80/kernel_params.h"
 #ifdef JAX_FLASH_WITH_SM90
+#include "sm90/flash_bwd_sm90.h"
 #include "sm90/flash_fwd_sm90.h"
 #endif
 #include "xla/ffi/api/ffi.h"
@@ -100,6 +101,22 @@ ffi::Error try_forward_sm90(cudaStream_t stream, const ffi::AnyBuffer& q, const 
   launched = true;
   return ffi::Error::Success();
 }
+
+// Runs the FlashAttention-3 backward when the device is a Hopper GPU and a kernel of this build covers the problem;
+// `launched` says whether it did (else the caller runs the sm80 kernels).
+ffi::Error try_backward_sm90(cudaStream_t stream, const sm90::BwdBuffers& buffers, ffi::DataType element_type,
+                             const AttentionParams& p, bool& launched) {
+  launched = false;
+  cuda::DeviceInfo device;
+  if (cudaError_t err = cuda::current_device_info(device)) return cuda_error("reading the device's properties", err);
+  if (device.compute_capability != kHopperComputeCapability) return ffi::Error::Success();
+  const auto dtype = element_type == ffi::DataType::BF16 ? sm90::DType::kBFloat16 : sm90::DType::kFloat16;
+  if (!sm90::flash_bwd_sm90_supports(p, dtype)) return ffi::Error::Success();
+  if (cudaError_t err = sm90::run_flash_bwd_sm90(p, dtype, buffers, device.sm_count, stream))
+    return cuda_error("launching the Hopper backward kernels", err);
+  launched = true;
+  return ffi::Error::Success();
+}
 #endif
 
 ffi::Error forward_cuda(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
@@ -133,6 +150,15 @@ ffi::Error backward_cuda(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuffe
     return err;
   const auto launch = prepare_launch(stream, q, p, /*backward=*/true);
   if (launch.has_error()) return launch.error();
+#ifdef JAX_FLASH_WITH_SM90
+  const sm90::BwdBuffers buffers{dout.untyped_data(), q.untyped_data(),  k.untyped_data(),
+                                 v.untyped_data(),    o.untyped_data(),  lse.typed_data(),
+                                 dlse.typed_data(),   dq->untyped_data(), dk->untyped_data(),
+                                 dv->untyped_data(),  dq_accum->typed_data(), softmax_d->typed_data()};
+  bool launched = false;
+  if (auto err = try_backward_sm90(stream, buffers, q.element_type(), p, launched); err.failure()) return err;
+  if (launched) return ffi::Error::Success();
+#endif
   const sm80::BackwardArgs args{p, dout.untyped_data(), q.untyped_data(), k.untyped_data(), v.untyped_data(),
                                 o.untyped_data(), lse.typed_data(), dlse.typed_data(), dq->untyped_data(),
                                 dk->untyped_data(), dv->untyped_data(), dq_accum->typed_data(),
