@@ -24,8 +24,8 @@ struct BwdDqWriter {
     Tensor sdQ = make_tensor(make_smem_ptr(smem.dq.data()), typename Traits::SmemLayoutdQ{});
     auto cta_tma_dq = params.tma_dq.get_slice(_0{});
     const bool leader = threadIdx.x % kWarpSize == 0;
-    // The tile's buffer starts free.
-    named_barrier_arrive(kHandoffThreads, barrier_id(BwdNamedBarrier::kDqEmpty));
+    // The tile's buffer starts free (a CTA with nothing to add leaves the barrier alone).
+    if (work.iterations > 0) named_barrier_arrive(kHandoffThreads, barrier_id(BwdNamedBarrier::kDqEmpty));
     for (int i = 0; i < work.iterations; ++i) {
       named_barrier_sync(kHandoffThreads, barrier_id(BwdNamedBarrier::kDqFull));
       if (leader) {

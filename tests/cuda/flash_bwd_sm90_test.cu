@@ -2,7 +2,8 @@
 //
 //   flash_bwd_sm90_test check   correctness sweep: dq, dk, dv against a float64 CPU reference (outputs and
 //                               workspaces poisoned with NaN first)
-//   flash_bwd_sm90_test quick   a few small cases (for compute-sanitizer)
+//   flash_bwd_sm90_test quick   the small cases of the sweep (for compute-sanitizer memcheck)
+//   flash_bwd_sm90_test tiny    three cases (for compute-sanitizer racecheck)
 //   flash_bwd_sm90_test bench   backward TFLOP/s (2.5 x forward FLOPs) on the FlashAttention-3 paper grid, bf16
 // Exit status 0 only if every check passed.
 #include <cuda_bf16.h>
@@ -384,6 +385,21 @@ int run_checks(bool quick) {
   return failures;
 }
 
+int run_tiny() {
+  std::mt19937_64 rng(5);
+  double worst = 0;
+  int failures = 0;
+  for (int64_t d : {64, 128}) {
+    const AttentionParams causal = with_mode(make_params(1, 129, 200, 2, 1, d), kMaskModes[1]);
+    const AttentionParams capped = with_mode(make_params(1, 70, 300, 2, 2, d), kMaskModes[3]);
+    for (const AttentionParams& p : {causal, capped}) {
+      if (!jax_flash::sm90::flash_bwd_sm90_supports(p, DType::kBFloat16)) continue;
+      if (!check_case(p, DType::kBFloat16, "tiny", rng, &worst)) ++failures;
+    }
+  }
+  return failures;
+}
+
 float median_ms(const std::function<cudaError_t()>& launch, int batches, int launches) {
   cudaEvent_t start, stop;
   CUDA_CHECK(cudaEventCreate(&start));
@@ -451,7 +467,8 @@ int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "check";
   if (mode == "check") return run_checks(false) == 0 ? 0 : 1;
   if (mode == "quick") return run_checks(true) == 0 ? 0 : 1;
+  if (mode == "tiny") return run_tiny() == 0 ? 0 : 1;
   if (mode == "bench") return run_bench();
-  std::fprintf(stderr, "usage: %s check|quick|bench\n", argv[0]);
+  std::fprintf(stderr, "usage: %s check|quick|tiny|bench\n", argv[0]);
   return 2;
 }
