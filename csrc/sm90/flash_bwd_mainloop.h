@@ -102,13 +102,23 @@ struct BwdMainloop {
       pipe.consumer_wait(st);
       warpgroup_gemm<-1>(mma_sdp, tSrK, tSrQ(_, _, _, st.index), tSrS, /*zero_init=*/true);
       warpgroup_gemm<-1>(mma_sdp, tSrV, tSrdO(_, _, _, st.index), tdPrdP, /*zero_init=*/true);
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(tSrS);
-      warpgroup_fence_operand(tdPrdP);
-
-      // Elementwise: S -> P, dP -> dP - softmax_d (times the softcap's derivative), then mask, then dS = P dP.
       const float* lse_log2 = smem.lse_log2[st.index];
       const float* softmax_d = smem.softmax_d[st.index];
+      // S -> P while dP^T is still being computed (with a softcap, S -> tanh first: dS needs it).
+      warpgroup_wait<1>();
+      warpgroup_fence_operand(tSrS);
+      CUTE_UNROLL
+      for (int n = 0; n < size<1>(s); ++n) {
+        const float row_lse = lse_log2[get<1>(c(_0{}, n))];
+        CUTE_UNROLL
+        for (int m = 0; m < size<0>(s); ++m) {
+          s(m, n) = params.has_softcap ? fast_tanh(s(m, n) * params.softcap_prescale)
+                                       : fast_exp2(s(m, n) * params.scale_log2 - row_lse);
+        }
+      }
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tdPrdP);
+      // dP -> dP - softmax_d (times the softcap's derivative 1 - tanh^2, then tanh -> P).
       CUTE_UNROLL
       for (int n = 0; n < size<1>(s); ++n) {
         const int col = get<1>(c(_0{}, n));
@@ -116,13 +126,12 @@ struct BwdMainloop {
         const float row_d = softmax_d[col];
         CUTE_UNROLL
         for (int m = 0; m < size<0>(s); ++m) {
-          float score = s(m, n);
           float grad = dp(m, n) - row_d;
           if (params.has_softcap) {
-            score = fast_tanh(score * params.softcap_prescale);
-            grad *= 1.f - score * score;
+            const float t = s(m, n);
+            grad *= 1.f - t * t;
+            s(m, n) = fast_exp2(t * params.scale_log2 - row_lse);
           }
-          s(m, n) = fast_exp2(score * params.scale_log2 - row_lse);
           dp(m, n) = grad;
         }
       }
