@@ -33,7 +33,7 @@ cudaError_t launch_flash_bwd(const AttentionParams& p, const BwdBuffers& b, int 
     flash_bwd_preprocess_kernel<Element>
         <<<unsigned((rows + kPreprocessRowsPerBlock - 1) / kPreprocessRowsPerBlock), kPreprocessThreads, 0,
            stream>>>(p, static_cast<const Element*>(b.dout), static_cast<const Element*>(b.o), b.dlse, b.softmax_d,
-                     b.dq_accum);
+                     b.dq_accum, b.dq_semaphore);
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
   }
 
@@ -76,6 +76,7 @@ cudaError_t launch_flash_bwd(const AttentionParams& p, const BwdBuffers& b, int 
         p,
         b.lse,
         b.softmax_d,
+        b.dq_semaphore,
         kLog2e * (has_softcap ? p.softcap : p.softmax_scale),
         has_softcap,
         has_softcap ? p.softmax_scale / p.softcap : 0.f,

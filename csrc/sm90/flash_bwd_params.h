@@ -45,6 +45,7 @@ struct BwdParams {
   AttentionParams attn;
   const float* lse;        // [B, Hq, Sq], natural log
   const float* softmax_d;  // [B, Hq, Sq], rowsum(dout o) - dlse (from the preprocess)
+  int* dq_semaphore;       // [B, Hq, Sq] zeroed counters (deterministic dQ order), or null
   // P = exp2(score * scale_log2 - lse * log2(e)), with score = s (or tanh(s * softcap_prescale) with a softcap).
   float scale_log2;
   bool has_softcap;

@@ -1,6 +1,7 @@
 // Backward preprocess, one pass over dout and o before the main kernel:
 //   softmax_d = rowsum(dout * o) - dlse   [B, Hq, Sq] (the lse cotangent enters the gradient through it)
 //   dq_accum  = 0                         [B, Sq, Hq, D] float32 (the main kernel reduce-adds into it)
+//   dq_semaphore = 0                      [B, Hq, Sq] int32 (deterministic mode only; else null)
 #pragma once
 
 #include <cuda_runtime.h>
@@ -21,7 +22,7 @@ constexpr int kElementsPer16Bytes = 8;
 template <class Element>
 __global__ void __launch_bounds__(kPreprocessThreads)
     flash_bwd_preprocess_kernel(AttentionParams p, const Element* dout, const Element* o, const float* dlse,
-                                float* softmax_d, float* dq_accum) {
+                                float* softmax_d, float* dq_accum, int* dq_semaphore) {
   static_assert(sizeof(Element) * kElementsPer16Bytes == 16);
   const int64_t total_rows = p.batch * p.seqlen_q * p.heads_q;
   // Rows in [B, Sq, Hq] order, their order in memory.
@@ -49,6 +50,7 @@ __global__ void __launch_bounds__(kPreprocessThreads)
     const int64_t batch = row / (p.heads_q * p.seqlen_q);
     const int64_t stat = (batch * p.heads_q + head) * p.seqlen_q + position;
     softmax_d[stat] = dot - dlse[stat];
+    if (dq_semaphore != nullptr) dq_semaphore[stat] = 0;
   }
 }
 

@@ -26,14 +26,18 @@ struct BwdBuffers {
   void* dv;
   float* dq_accum;   // workspace [B, Sq, Hq, D] float32, any contents
   float* softmax_d;  // workspace [B, Hq, Sq] float32, any contents
+  // Workspace [B, Hq, Sq] int32 (any contents), or null. With it, key blocks add their dQ into each query block in
+  // ascending order (common/dq_order.h) and dq is bitwise reproducible; without it they add as they come.
+  int* dq_semaphore;
 };
 
 // True when this build has a backward kernel for the problem (the same conditions as the forward, for the
 // head-dim tiles the backward compiles). The caller runs another kernel when this is false.
 bool flash_bwd_sm90_supports(const AttentionParams& p, DType dtype);
 
-// Enqueues preprocess, main kernel and postprocess on `stream`. Allocates nothing and never synchronises. The
-// float32 sums of dq are added in an unspecified order, so dq may differ in its last bits from run to run.
+// Enqueues preprocess, main kernel and postprocess on `stream`. Allocates nothing and never synchronises. Without
+// buffers.dq_semaphore the float32 sums of dq are added in an unspecified order, so dq may differ in its last bits
+// from run to run.
 cudaError_t run_flash_bwd_sm90(const AttentionParams& p, DType dtype, const BwdBuffers& buffers, int num_sms,
                                cudaStream_t stream);
 
