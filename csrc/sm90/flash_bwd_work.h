@@ -39,9 +39,11 @@ struct BwdWork {
     iterations = m_count * group;
   }
 
-  // The query head and query block of iteration i (query blocks fastest).
+  // The query head and query block of iteration i (query blocks fastest, last first: under a causal mask every key
+  // block's walk ends at the last query block, so in deterministic mode, where key block n adds into a query block
+  // right after key block n - 1, the CTAs start one step apart rather than two query blocks per key block apart).
   __device__ __forceinline__ int head(int i) const { return first_head + i / m_count; }
-  __device__ __forceinline__ int m_block(int i) const { return m_begin + i % m_count; }
+  __device__ __forceinline__ int m_block(int i) const { return m_begin + m_count - 1 - i % m_count; }
 };
 
 }  // namespace jax_flash::sm90
