@@ -20,6 +20,8 @@ class AttentionConfig:
     diagonal_offset: internal (not in the public API): shifts the diagonal that causal and window bounds are
       measured from, to i + Sk - Sq + diagonal_offset. Ring attention uses it to place a block of keys at its
       global position relative to the local queries.
+    deterministic: the backward adds dq's float32 partial sums in a fixed order on GPUs, so gradients are bitwise
+      identical from run to run (slower); by default they add in whatever order the key blocks finish.
   """
 
   softmax_scale: float
@@ -28,6 +30,7 @@ class AttentionConfig:
   window_right: int = UNBOUNDED
   softcap: float = 0.0
   diagonal_offset: int = 0
+  deterministic: bool = False
 
   @property
   def effective_window_right(self) -> int:

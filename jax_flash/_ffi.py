@@ -88,6 +88,7 @@ def _attrs(config: AttentionConfig) -> dict[str, object]:
       window_right=np.int64(config.window_right),
       softcap=np.float32(config.softcap),
       diagonal_offset=np.int64(config.diagonal_offset),
+      deterministic=bool(config.deterministic),
   )
 
 
@@ -140,13 +141,15 @@ def backward(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """dq [B, Sq, Hq, D], dk, dv [B, Sk, Hk, D] from the cotangents of o and lse and the forward's residuals.
 
-  Two float32 workspaces are dropped: the dq accumulator [B, Sq, Hq, D] (CUDA) and softmax_d [B, Hq, Sq]
-  (rowsum(dout * o) - dlse, every platform).
+  Three workspaces are dropped: the float32 dq accumulator [B, Sq, Hq, D] (CUDA), float32 softmax_d [B, Hq, Sq]
+  (rowsum(dout * o) - dlse, every platform) and the int32 dq semaphores [B, Hq, Sq] (CUDA with
+  ``config.deterministic``: they order the key blocks' additions into dq).
   """
   operands = (dout, q, k, v, o, lse, dlse)
   outputs = tuple(_result(x.shape, x.dtype, operands) for x in (q, k, v)) + (
       _result(q.shape, jnp.float32, operands),  # dq accumulator, dropped
       _stats_shape(q, operands),  # softmax_d, dropped
+      _result((q.shape[0], q.shape[2], q.shape[1]), jnp.int32, operands),  # dq semaphores, dropped
   )
-  dq, dk, dv, _, _ = jax.ffi.ffi_call(BWD_TARGET, outputs, vmap_method="sequential")(*operands, **_attrs(config))
+  dq, dk, dv, _, _, _ = jax.ffi.ffi_call(BWD_TARGET, outputs, vmap_method="sequential")(*operands, **_attrs(config))
   return dq, dk, dv

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ def attention(
     window_size: tuple[int, int] = (-1, -1),
     softcap: float = 0.0,
     return_lse: bool = False,
+    deterministic: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Exact scaled dot-product attention, softmax(q kᵀ · scale) v, without materialising the score matrix.
 
@@ -36,6 +38,10 @@ def attention(
       i + Sk - Sq - left <= j <= i + Sk - Sq + right; -1 means unbounded on that side.
     softcap: when > 0, each score s becomes softcap * tanh(s / softcap) (Gemma-style logit soft-capping).
     return_lse: also return the log-sum-exp of the scores.
+    deterministic: make the gradients bitwise identical from run to run. The default (fast) GPU backward adds
+      each key block's float32 contribution to dq in whatever order the blocks finish, so dq may differ in its
+      last bits between identical runs (dk, dv and the forward are always reproducible); with True the blocks
+      add in a fixed order, at some cost in speed. The CPU backward is deterministic either way.
 
   Returns:
     o, [batch, seqlen_q, heads_q, head_dim] in q's dtype; with ``return_lse``, also lse [batch, heads_q, seqlen_q]
@@ -49,6 +55,9 @@ def attention(
   )
   if not isinstance(return_lse, bool):
     raise TypeError(f"return_lse must be a Python bool; got {return_lse!r} ({type(return_lse).__name__})")
+  if not isinstance(deterministic, bool):
+    raise TypeError(f"deterministic must be a Python bool; got {deterministic!r} ({type(deterministic).__name__})")
+  config = dataclasses.replace(config, deterministic=deterministic)
   _ffi.check_platform_supported(q.dtype, q.shape[-1])
   o, lse = flash_attention(q, k, v, config)
   return (o, lse) if return_lse else o

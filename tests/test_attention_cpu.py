@@ -127,6 +127,19 @@ def test_forward_is_deterministic(rng):
     assert np.array_equal(np.asarray(a.astype(jnp.float32)), np.asarray(b.astype(jnp.float32)))
 
 
+def test_deterministic_gradients_equal_the_default_ones_bitwise(rng):
+  """deterministic=True reaches the backward custom call (an attribute the handler decodes) and, on the CPU
+  (deterministic either way), gives exactly the default gradients."""
+  q, k, v = random_qkv(rng, 2, 37, 53, 4, 2, 32, jnp.float32)
+
+  def grads(deterministic):
+    loss = lambda q, k, v: jnp.sum(jax_flash.attention(q, k, v, causal=True, deterministic=deterministic) ** 2)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+  for a, b in zip(grads(True), grads(False)):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_reference_attention_matches_float64_numpy(rng):
   q, k, v = random_qkv(rng, 2, 33, 50, 4, 2, 16, jnp.float32)
   for kwargs in MASKS.values():

@@ -257,6 +257,30 @@ def test_repeated_runs_agree(dtype, rng):
         assert np.array_equal(a, b, equal_nan=True), f"{name} differs between identical runs"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: jnp.dtype(t).name)
+@pytest.mark.parametrize("head_dim", sorted({BUILT_HEAD_DIMS[0], BUILT_HEAD_DIMS[-1]}))
+def test_deterministic_gradients_are_bitwise_identical_across_runs(dtype, head_dim, rng):
+  """With deterministic=True the key blocks add into dq in a fixed order: every gradient is bitwise stable."""
+  case = Case(2, 1000, 1100, 8, 2, head_dim, causal=True)
+  q, k, v = random_qkv(rng, case.batch, case.seqlen_q, case.seqlen_k, case.heads_q, case.heads_k, case.head_dim,
+                       dtype)
+  dout = jnp.asarray(rng.standard_normal(q.shape, dtype=np.float32)).astype(dtype)
+
+  @jax.jit
+  def grads(q, k, v, dout):
+    _, vjp = jax.vjp(lambda q, k, v: jax_flash.attention(q, k, v, causal=True, deterministic=True), q, k, v)
+    return vjp(dout)
+
+  first = [np.asarray(g) for g in grads(q, k, v, dout)]
+  dq_ref, dk_ref, dv_ref = ref.backward(*_reference_inputs(q, k, v), np.asarray(dout.astype(jnp.float32), np.float64),
+                                        np.zeros((case.batch, case.heads_q, case.seqlen_q)), causal=True)
+  for name, got, want in zip(("dq", "dk", "dv"), first, (dq_ref, dk_ref, dv_ref)):
+    assert_close(got, want, dtype, name, GRAD_FACTOR)
+  for _ in range(5):
+    for name, a, b in zip(("dq", "dk", "dv"), first, grads(q, k, v, dout)):
+      assert np.array_equal(a, np.asarray(b)), f"{name} differs between identical deterministic runs"
+
+
 # --- errors -------------------------------------------------------------------------------------------------------
 
 

@@ -117,6 +117,10 @@ def test_non_bool_return_lse_is_rejected():
   _raises(TypeError, r"return_lse must be a Python bool; got 'yes'", Q, KV, KV, return_lse="yes")
 
 
+def test_non_bool_deterministic_is_rejected():
+  _raises(TypeError, r"deterministic must be a Python bool; got 1", Q, KV, KV, deterministic=1)
+
+
 def test_numpy_scalars_are_accepted_as_static_arguments():
   o = jax_flash.attention(Q, KV, KV, softmax_scale=np.float32(0.25), window_size=(np.int64(3), -1),
                           causal=np.bool_(True))

@@ -22,6 +22,8 @@ struct MaskAttrs {
   int64_t window_right;
   float softcap;
   int64_t diagonal_offset;
+  // Backward only: add dq's float32 partial sums in a fixed order (bitwise reproducible gradients).
+  bool deterministic;
 };
 
 template <typename Buffer>
@@ -109,7 +111,8 @@ inline ffi::Error make_backward_params(const ffi::AnyBuffer& dout, const ffi::An
                                        const ffi::Buffer<ffi::F32>& lse, const ffi::Buffer<ffi::F32>& dlse,
                                        const ffi::AnyBuffer& dq, const ffi::AnyBuffer& dk, const ffi::AnyBuffer& dv,
                                        const ffi::Buffer<ffi::F32>& dq_accum, const ffi::Buffer<ffi::F32>& softmax_d,
-                                       const MaskAttrs& attrs, AttentionParams& p) {
+                                       const ffi::Buffer<ffi::S32>& dq_semaphore, const MaskAttrs& attrs,
+                                       AttentionParams& p) {
   if (auto err = make_params(q, k, v, attrs, p); err.failure()) return err;
   for (auto [buffer, name] : {std::pair<const ffi::AnyBuffer*, const char*>{&dout, "dout"}, {&o, "o"}, {&dq, "dq"}})
     if (auto err = expect_q_shape(*buffer, p, name); err.failure()) return err;
@@ -119,6 +122,7 @@ inline ffi::Error make_backward_params(const ffi::AnyBuffer& dout, const ffi::An
   if (auto err = expect_stats_shape(dlse, p, "dlse"); err.failure()) return err;
   if (auto err = expect_q_shape(dq_accum, p, "dq_accum"); err.failure()) return err;
   if (auto err = expect_stats_shape(softmax_d, p, "softmax_d"); err.failure()) return err;
+  if (auto err = expect_stats_shape(dq_semaphore, p, "dq_semaphore"); err.failure()) return err;
   for (const ffi::AnyBuffer* buffer : {&dout, &o, &dq, &dk, &dv})
     if (buffer->element_type() != q.element_type()) return invalid("dout, o, dq, dk and dv must have q's dtype");
   return ffi::Error::Success();
@@ -133,4 +137,5 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(jax_flash::ffi_args::MaskAttrs,
                                       xla::ffi::StructMember<int64_t>("window_left"),
                                       xla::ffi::StructMember<int64_t>("window_right"),
                                       xla::ffi::StructMember<float>("softcap"),
-                                      xla::ffi::StructMember<int64_t>("diagonal_offset"));
+                                      xla::ffi::StructMember<int64_t>("diagonal_offset"),
+                                      xla::ffi::StructMember<bool>("deterministic"));

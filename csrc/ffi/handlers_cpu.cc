@@ -96,10 +96,12 @@ ffi::Error backward_cpu(ffi::ThreadPool pool, ffi::AnyBuffer dout, ffi::AnyBuffe
                         ffi::AnyBuffer v, ffi::AnyBuffer o, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dlse,
                         ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
                         ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::Buffer<ffi::F32>> dq_accum,
-                        ffi::Result<ffi::Buffer<ffi::F32>> softmax_d, MaskAttrs attrs) {
+                        ffi::Result<ffi::Buffer<ffi::F32>> softmax_d,
+                        ffi::Result<ffi::Buffer<ffi::S32>> dq_semaphore, MaskAttrs attrs) {
+  // The CPU backward is deterministic either way (no atomics); dq_semaphore is the CUDA kernels' workspace.
   AttentionParams p;
   if (auto err = ffi_args::make_backward_params(dout, q, k, v, o, lse, dlse, *dq, *dk, *dv, *dq_accum, *softmax_d,
-                                                attrs, p);
+                                                *dq_semaphore, attrs, p);
       err.failure())
     return err;
   const auto type = cpu_element_type(q);
@@ -140,4 +142,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_flash_bwd_cpu, jax_flash::backward_cpu,
                                   .Ret<xla::ffi::AnyBuffer>()                // dv
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()    // dq_accum (CUDA only)
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()    // softmax_d (delta)
+                                  .Ret<xla::ffi::Buffer<xla::ffi::S32>>()    // dq_semaphore (CUDA only)
                                   .Attrs<jax_flash::ffi_args::MaskAttrs>());

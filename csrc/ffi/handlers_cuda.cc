@@ -14,6 +14,7 @@
 #include "sm80/dispatch.h"
 #include "sm80/kernel_params.h"
 #ifdef JAX_FLASH_WITH_SM90
+#include "sm90/flash_bwd_sm90.h"
 #include "sm90/flash_fwd_sm90.h"
 #endif
 #include "xla/ffi/api/ffi.h"
@@ -100,6 +101,22 @@ ffi::Error try_forward_sm90(cudaStream_t stream, const ffi::AnyBuffer& q, const 
   launched = true;
   return ffi::Error::Success();
 }
+
+// Runs the FlashAttention-3 backward when the device is a Hopper GPU and a kernel of this build covers the problem;
+// `launched` says whether it did (else the caller runs the sm80 kernels).
+ffi::Error try_backward_sm90(cudaStream_t stream, const sm90::BwdBuffers& buffers, ffi::DataType element_type,
+                             const AttentionParams& p, bool& launched) {
+  launched = false;
+  cuda::DeviceInfo device;
+  if (cudaError_t err = cuda::current_device_info(device)) return cuda_error("reading the device's properties", err);
+  if (device.compute_capability != kHopperComputeCapability) return ffi::Error::Success();
+  const auto dtype = element_type == ffi::DataType::BF16 ? sm90::DType::kBFloat16 : sm90::DType::kFloat16;
+  if (!sm90::flash_bwd_sm90_supports(p, dtype)) return ffi::Error::Success();
+  if (cudaError_t err = sm90::run_flash_bwd_sm90(p, dtype, buffers, device.sm_count, stream))
+    return cuda_error("launching the Hopper backward kernels", err);
+  launched = true;
+  return ffi::Error::Success();
+}
 #endif
 
 ffi::Error forward_cuda(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
@@ -125,18 +142,31 @@ ffi::Error backward_cuda(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuffe
                          ffi::AnyBuffer v, ffi::AnyBuffer o, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dlse,
                          ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
                          ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::Buffer<ffi::F32>> dq_accum,
-                         ffi::Result<ffi::Buffer<ffi::F32>> softmax_d, MaskAttrs attrs) {
+                         ffi::Result<ffi::Buffer<ffi::F32>> softmax_d,
+                         ffi::Result<ffi::Buffer<ffi::S32>> dq_semaphore, MaskAttrs attrs) {
   AttentionParams p;
   if (auto err = ffi_args::make_backward_params(dout, q, k, v, o, lse, dlse, *dq, *dk, *dv, *dq_accum, *softmax_d,
-                                                attrs, p);
+                                                *dq_semaphore, attrs, p);
       err.failure())
     return err;
   const auto launch = prepare_launch(stream, q, p, /*backward=*/true);
   if (launch.has_error()) return launch.error();
+  // Deterministic mode orders the key blocks' dQ additions through these counters; else they add as they come.
+  int* semaphore = attrs.deterministic ? dq_semaphore->typed_data() : nullptr;
+#ifdef JAX_FLASH_WITH_SM90
+  const sm90::BwdBuffers buffers{dout.untyped_data(), q.untyped_data(),  k.untyped_data(),
+                                 v.untyped_data(),    o.untyped_data(),  lse.typed_data(),
+                                 dlse.typed_data(),   dq->untyped_data(), dk->untyped_data(),
+                                 dv->untyped_data(),  dq_accum->typed_data(), softmax_d->typed_data(),
+                                 semaphore};
+  bool launched = false;
+  if (auto err = try_backward_sm90(stream, buffers, q.element_type(), p, launched); err.failure()) return err;
+  if (launched) return ffi::Error::Success();
+#endif
   const sm80::BackwardArgs args{p, dout.untyped_data(), q.untyped_data(), k.untyped_data(), v.untyped_data(),
                                 o.untyped_data(), lse.typed_data(), dlse.typed_data(), dq->untyped_data(),
                                 dk->untyped_data(), dv->untyped_data(), dq_accum->typed_data(),
-                                softmax_d->typed_data()};
+                                softmax_d->typed_data(), semaphore};
   if (cudaError_t err = launch.value().instance->backward(args, launch.value().context))
     return cuda_error("launching the backward kernels", err);
   return ffi::Error::Success();
@@ -172,5 +202,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_flash_bwd_cuda, jax_flash::backward_cuda,
                                   .Ret<xla::ffi::AnyBuffer>()                // dv
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()    // dq_accum (workspace)
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>()    // softmax_d (workspace)
+                                  .Ret<xla::ffi::Buffer<xla::ffi::S32>>()    // dq_semaphore (workspace)
                                   .Attrs<jax_flash::ffi_args::MaskAttrs>(),
                               {xla::ffi::Traits::kCmdBufferCompatible});

@@ -12,6 +12,7 @@
 
 #include <cute/tensor.hpp>
 
+#include "common/dq_order.h"
 #include "common/mask.h"
 #include "sm80/atomic_accumulate.h"
 #include "sm80/block_gemm.h"
@@ -264,7 +265,24 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) backward_kernel(const Bac
     gemm_ss(mma_dq, acc_dq, smem_operand(copy_ds, thr_copy_ds, tdQsdS, tdQrdS),
             smem_operand(copy_kt, thr_copy_kt, tdQsKt, tdQrKt));
     Tensor gdQaccum = make_tensor(make_gmem_ptr(args.dq_accum + q_tile_offset(tile)), q_tile_layout);
+    // Deterministic mode: the key blocks before this one add first (each element gets one atomic per CTA).
+    int* semaphore = args.dq_semaphore == nullptr
+                         ? nullptr
+                         : args.dq_semaphore + dq_semaphore_index(p, batch, tile.head, kBlockM, row0 / kBlockM);
+    if (semaphore != nullptr) {
+      constexpr int kTurnThreads = 32;  // the first warp computes the turn (dq_turn)
+      if (tid < kTurnThreads) {
+        const int turn = dq_turn(p, kBlockM, kBlockN, row0 / kBlockM, n_block);
+        if (tid == 0) dq_wait_turn(semaphore, turn);
+      }
+      __syncthreads();
+    }
     atomic_add_tile<kBlockM, kHeadDim>(thr_dq.partition_C(gdQaccum), acc_dq, dq_coords, valid_rows, head_dim);
+    if (semaphore != nullptr) {
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) dq_pass_turn(semaphore);
+    }
 
     gemm_ss(mma_dkv, acc_dk, smem_operand(copy_pdst, thr_copy_pdst, tdKsdSt, tdKrdSt),
             smem_operand(copy_qdot, thr_copy_qdot, at_stage(tdKsQt, q_stage), tdKrQt));

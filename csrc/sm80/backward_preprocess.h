@@ -1,6 +1,7 @@
 // Backward preprocessing, one pass over dout and o before the main kernel:
 //   softmax_d = rowsum(dout * o) - dlse   ([B, Hq, Sq]; the lse cotangent enters the gradient through it)
 //   dq_accum = 0                          ([B, Sq, Hq, D], float32; the main kernel adds into it with atomics)
+//   dq_semaphore = 0                      ([B, Hq, Sq], int32, deterministic mode only)
 #pragma once
 
 #include <cuda_runtime.h>
@@ -52,6 +53,7 @@ __global__ void __launch_bounds__(kPreprocessThreads) backward_preprocess_kernel
     const int64_t batch = row / (p.heads_q * p.seqlen_q);
     const int64_t stat = (batch * p.heads_q + head) * p.seqlen_q + position;
     args.softmax_d[stat] = dot - args.dlse[stat];
+    if (args.dq_semaphore != nullptr) args.dq_semaphore[stat] = 0;
   }
 }
 

@@ -41,6 +41,9 @@ struct BackwardArgs {
   // Workspaces (outputs of the custom call, so nothing is allocated at run time):
   float* dq_accum;   // [B, Sq, Hq, D] float32: dQ summed over key blocks with atomics, converted to dq at the end
   float* softmax_d;  // [B, Hq, Sq] float32: rowsum(dout * o) - dlse
+  // [B, Hq, Sq] int32, or null: with it, key blocks add their dQ into each query block in ascending order
+  // (common/dq_order.h), so dq is bitwise reproducible; without it they add as they come.
+  int* dq_semaphore;
 };
 
 // The device a launch runs on, as the handler found it (cached per device, not queried per call).

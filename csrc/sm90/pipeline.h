@@ -38,9 +38,11 @@ struct TmaPipeline {
   SharedStorage* storage;
 
   // One thread initialises; the caller fences (fence_barrier_init) and syncs the CTA before first use.
-  __device__ __forceinline__ static void init(SharedStorage& s, int num_consumer_warps) {
+  // `num_producer_arrivals`: arrivals that complete a full barrier besides the TMA bytes (the armer's one, plus
+  // producer threads that fill part of a stage with ordinary stores).
+  __device__ __forceinline__ static void init(SharedStorage& s, int num_consumer_warps, int num_producer_arrivals = 1) {
     for (int i = 0; i < kStages; ++i) {
-      FullBarrier::init(&s.full[i], 1);
+      FullBarrier::init(&s.full[i], num_producer_arrivals);
       EmptyBarrier::init(&s.empty[i], num_consumer_warps);
     }
   }

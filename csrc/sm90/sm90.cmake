@@ -1,11 +1,12 @@
-# The Hopper (sm_90a) forward as a static library, for the top-level CMakeLists when 90a is among the CUDA
-# architectures:
+# The Hopper (sm_90a) forward and backward as a static library, for the top-level CMakeLists when 90a is among the
+# CUDA architectures:
 #   include(csrc/sm90/sm90.cmake)
-#   jax_flash_add_sm90_forward(jax_flash_sm90 "${JAX_FLASH_HEAD_DIMS}" "${CUTLASS_INCLUDE_DIR}")
+#   jax_flash_add_sm90_kernels(jax_flash_sm90 "${JAX_FLASH_HEAD_DIMS}" "${CUTLASS_INCLUDE_DIR}")
 #   target_link_libraries(_jax_flash_ext PRIVATE jax_flash_sm90)
-# Only the head-dim tiles (64, 128, 256) that cover the requested head dims are compiled; the dispatcher routes
-# every head dim to the smallest compiled tile that holds it.
-function(jax_flash_add_sm90_forward target head_dims cutlass_include)
+# Only the head-dim tiles (64, 128, 256) that cover the requested head dims are compiled; the dispatchers route
+# every head dim to the smallest compiled tile that holds it. The backward has tiles 64 and 128 (head dim 256
+# runs the sm80 backward).
+function(jax_flash_add_sm90_kernels target head_dims cutlass_include)
   set(tiles "")
   foreach(d IN LISTS head_dims)
     if(d LESS_EQUAL 64)
@@ -18,11 +19,15 @@ function(jax_flash_add_sm90_forward target head_dims cutlass_include)
   endforeach()
   list(REMOVE_DUPLICATES tiles)
 
-  set(sources "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_fwd_sm90.cu")
+  set(sources "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_fwd_sm90.cu" "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_bwd_sm90.cu")
   set(definitions CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)
   foreach(t IN LISTS tiles)
     list(APPEND sources "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_fwd_sm90_hdim${t}_bf16.cu"
                         "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_fwd_sm90_hdim${t}_fp16.cu")
+    if(NOT t EQUAL 256)
+      list(APPEND sources "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_bwd_sm90_hdim${t}_bf16.cu"
+                          "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_bwd_sm90_hdim${t}_fp16.cu")
+    endif()
     list(APPEND definitions JAX_FLASH_SM90_TILE_${t}=1)
   endforeach()
 
@@ -35,5 +40,5 @@ function(jax_flash_add_sm90_forward target head_dims cutlass_include)
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a>)
   target_link_libraries(${target} PUBLIC CUDA::cudart_static)
-  message(STATUS "jax_flash: sm90 forward head-dim tiles ${tiles}")
+  message(STATUS "jax_flash: sm90 head-dim tiles ${tiles} (backward: those up to 128)")
 endfunction()

@@ -1,0 +1,119 @@
+// Compile-time shape of one backward kernel: tile sizes, thread roles and register split, the five wgmma tiled MMAs,
+// the swizzled shared-memory layouts (with their transposed views) and the shared-storage struct.
+//
+// One CTA owns kBlockN keys of one kv head and walks over blocks of kBlockM queries. The scores are computed
+// transposed, S^T = K Q^T and dP^T = V dO^T, so that consumer warpgroup w owns keys [64 w, 64 w + 64) in every GEMM
+// that produces per-key results: P^T and dS^T leave S^T's accumulators already as the register A operand of
+// dV += P^T dO and dK += dS^T Q (no shared-memory round trip), and dK, dV stay in the same warpgroup's registers for
+// the whole CTA. dQ = dS K needs dS across both warpgroups, so dS^T also goes to shared memory.
+#pragma once
+
+#include "sm90/kernel_traits.h"
+
+namespace jax_flash::sm90 {
+
+using namespace cute;
+
+template <class Element_, int kHeadDim_, int kBlockM_>
+struct BwdKernelTraits {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;
+  // Two consumer warpgroups of 64 keys each.
+  static constexpr int kNumMmaWarpgroups = 2;
+  static constexpr int kBlockN = kNumMmaWarpgroups * kWgmmaRows;
+  // Q/dO (with their lse and softmax_d rows) and dS each have this many shared-memory stages.
+  static constexpr int kStages = 2;
+  static constexpr int kDsStages = 2;
+
+  static_assert(kHeadDim % 64 == 0, "head-dim tiles are multiples of the 64-element swizzle-128B row");
+  static_assert(kBlockM % 64 == 0, "dS is stored M-major in 64-row swizzle atoms");
+
+  // Thread roles: warpgroup 0 holds the producer warp (TMA) and the dQ warp (TMA reduce-add); two consumer
+  // warpgroups follow.
+  static constexpr int kNumMmaThreads = kNumMmaWarpgroups * kWarpgroupThreads;
+  static constexpr int kNumMmaWarps = kNumMmaThreads / kWarpSize;
+  static constexpr int kNumProducerThreads = kWarpSize;
+  static constexpr int kNumThreads = kNumMmaThreads + kWarpgroupThreads;
+  static constexpr int kProducerRegisters = 24;
+  static constexpr int kMmaRegisters = 240;
+  static_assert(kProducerRegisters * kWarpgroupThreads + kMmaRegisters * kNumMmaThreads <= kRegistersPerSm);
+
+  using WarpgroupsAlongRows = Layout<Shape<Int<kNumMmaWarpgroups>, _1, _1>>;
+  using WarpgroupsAlongCols = Layout<Shape<_1, Int<kNumMmaWarpgroups>, _1>>;
+
+  // S^T = K Q^T and dP^T = V dO^T: [kBlockN keys, kBlockM queries] over the head dim, both operands K-major.
+  using TileShapeSdP = Shape<Int<kBlockN>, Int<kBlockM>, Int<kHeadDim>>;
+  using TiledMmaSdP = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<Int<kWgmmaRows>, Int<kBlockM>, Int<kHeadDim>>>(),
+      WarpgroupsAlongRows{}));
+  // dV += P^T dO and dK += dS^T Q: [kBlockN keys, kHeadDim] over the queries, A from registers, B (dO or Q as
+  // (head_dim, queries)) head-dim contiguous, i.e. MN-major.
+  using TileShapedKV = Shape<Int<kBlockN>, Int<kHeadDim>, Int<kBlockM>>;
+  using TiledMmadKV = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, float, Shape<Int<kWgmmaRows>, Int<kHeadDim>, Int<kBlockM>>,
+                           GMMA::Major::K, GMMA::Major::MN>(),
+      WarpgroupsAlongRows{}));
+  // dQ = dS K: [kBlockM queries, kHeadDim] over the keys; dS from shared memory (queries contiguous), K as
+  // (head_dim, keys) head-dim contiguous. With 64 query rows the warpgroups split the head dim.
+  using TileShapedQ = Shape<Int<kBlockM>, Int<kHeadDim>, Int<kBlockN>>;
+  static constexpr bool kDqSplitsHeadDim = kBlockM == kWgmmaRows;
+  using DqWarpgroupLayout = std::conditional_t<kDqSplitsHeadDim, WarpgroupsAlongCols, WarpgroupsAlongRows>;
+  static constexpr int kDqAtomM = kDqSplitsHeadDim ? kBlockM : kBlockM / kNumMmaWarpgroups;
+  static constexpr int kDqAtomN = kDqSplitsHeadDim ? kHeadDim / kNumMmaWarpgroups : kHeadDim;
+  using TiledMmadQ = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<Int<kDqAtomM>, Int<kDqAtomN>, Int<kBlockN>>,
+                           GMMA::Major::MN, GMMA::Major::MN>(),
+      DqWarpgroupLayout{}));
+  static_assert(size<1>(typename TiledMmaSdP::AtomShape_MNK{}) == kBlockM);
+  static_assert(size<1>(typename TiledMmadKV::AtomShape_MNK{}) == kHeadDim);
+
+  // K, V: (keys, head_dim) K-major; the same bytes seen as (head_dim, keys) for dQ = dS K.
+  using SmemLayoutK = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
+                                             Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+  using SmemLayoutKt = decltype(composition(
+      SmemLayoutK{}, make_layout(Shape<Int<kHeadDim>, Int<kBlockN>>{}, GenRowMajor{})));
+  // Q, dO: (queries, head_dim, stage) K-major; as (head_dim, queries, stage) for dK += dS^T Q and dV += P^T dO.
+  using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
+                                             Shape<Int<kBlockM>, Int<kHeadDim>, Int<kStages>>{}));
+  using SmemLayoutQt = decltype(composition(
+      SmemLayoutQ{}, make_layout(Shape<Int<kHeadDim>, Int<kBlockM>, Int<kStages>>{},
+                                 make_stride(Int<kBlockM>{}, _1{}, Int<kBlockM * kHeadDim>{}))));
+  // dS: (queries, keys, stage) with queries contiguous (the MN-major A operand of dQ = dS K); written from the
+  // S^T accumulators through the transposed view (keys, queries, stage).
+  using SmemLayoutdS = decltype(tile_to_shape(GMMA::Layout_MN_SW128_Atom<Element>{},
+                                              Shape<Int<kBlockM>, Int<kBlockN>, Int<kDsStages>>{}));
+  using SmemLayoutdSt = decltype(composition(
+      SmemLayoutdS{}, make_layout(Shape<Int<kBlockN>, Int<kBlockM>, Int<kDsStages>>{},
+                                  make_stride(Int<kBlockM>{}, _1{}, Int<kBlockM * kBlockN>{}))));
+  // The float32 dQ tile of one query block, swizzled against bank conflicts; the TMA reduce-add reads it.
+  using SmemLayoutdQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<float>{},
+                                              Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+
+  using Pipeline = TmaPipeline<kStages>;
+  // The producer warp's 32 lanes also arrive on a Q stage's full barrier, after writing its lse and softmax_d.
+  static constexpr int kQFullArrivals = 1 + kNumProducerThreads;
+
+  struct SharedStorage {
+    // K and V for the whole CTA; the epilogue writes dK and dV into their bytes.
+    cute::array_aligned<Element, cosize_v<SmemLayoutK>, kSwizzleAlignment> k;
+    cute::array_aligned<Element, cosize_v<SmemLayoutK>, kSwizzleAlignment> v;
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, kSwizzleAlignment> q;
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, kSwizzleAlignment> dout;
+    cute::array_aligned<Element, cosize_v<SmemLayoutdS>, kSwizzleAlignment> ds;
+    cute::array_aligned<float, cosize_v<SmemLayoutdQ>, kSwizzleAlignment> dq;
+    // Per Q stage: lse * log2(e) of each query row (+inf for rows that see no key or lie past Sq, so P = 0),
+    // and softmax_d = rowsum(dO o) - dlse.
+    float lse_log2[kStages][kBlockM];
+    float softmax_d[kStages][kBlockM];
+    typename Pipeline::SharedStorage pipeline_q;
+    // K and V have landed (TMA transaction barrier, one arrival).
+    uint64_t kv_full;
+  };
+
+  // One Q stage carries a block of Q and the same block of dO.
+  static constexpr uint32_t kTmaBytesQdO = 2 * kBlockM * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kTmaBytesK = kBlockN * kHeadDim * sizeof(Element);
+};
+
+}  // namespace jax_flash::sm90

@@ -1,0 +1,167 @@
+// Backward consumer warpgroups: for each (query head, query block) of the CTA's walk, with warpgroup w owning keys
+// [64 w, 64 w + 64) of the CTA's key block:
+//   S^T  = K Q^T,  dP^T = V dO^T                     (wgmma, both operands from shared memory)
+//   P^T  = exp2(score * scale_log2 - lse_log2)        (score = S, or tanh(S * prescale) with a softcap), masked to 0
+//   dS^T = P^T * (dP^T - softmax_d) [* (1 - tanh^2)]  (the gradient of q.k up to the factor softmax_scale)
+//   dV  += P^T dO,  dK += dS^T Q                      (wgmma, P^T and dS^T from registers)
+//   dQ   = dS K                                       (wgmma; dS through shared memory, both warpgroups' halves)
+// and hands dQ (float32, through shared memory) to the dQ warp. dK and dV stay in registers for the whole CTA.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+
+#include "sm90/flash_bwd_kernel_traits.h"
+#include "sm90/flash_bwd_named_barriers.h"
+#include "sm90/flash_bwd_score_mask.h"
+#include "sm90/flash_bwd_work.h"
+#include "sm90/fragments.h"
+#include "sm90/softmax.h"
+#include "sm90/warpgroup_gemm.h"
+
+namespace jax_flash::sm90 {
+
+using namespace cute;
+
+template <class Traits>
+struct BwdMainloop {
+  using Element = typename Traits::Element;
+  using SharedStorage = typename Traits::SharedStorage;
+  using Pipeline = typename Traits::Pipeline;
+  using State = typename Pipeline::State;
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr uint32_t kDqHandoffThreads = Traits::kNumMmaThreads + kWarpSize;
+
+  const int warpgroup;       // 0 .. kNumMmaWarpgroups - 1
+  const int mma_thread_idx;  // 0 .. kNumMmaThreads - 1
+
+  // Accumulates this thread's part of dK (without the factor softmax_scale) and dV over the CTA's walk.
+  template <class Params, class Work, class FragKV>
+  __device__ __forceinline__ void run(const Params& params, SharedStorage& smem, const Pipeline& pipe,
+                                      const Work& work, FragKV& tdKrdK, FragKV& tdVrdV) const {
+    typename Traits::TiledMmaSdP mma_sdp;
+    typename Traits::TiledMmadKV mma_dkv;
+    typename Traits::TiledMmadQ mma_dq;
+    auto wg_mma_sdp = mma_sdp.get_slice(warpgroup * kWarpgroupThreads);
+    auto wg_mma_dkv = mma_dkv.get_slice(warpgroup * kWarpgroupThreads);
+    auto wg_mma_dq = mma_dq.get_slice(warpgroup * kWarpgroupThreads);
+    auto thr_mma_sdp = mma_sdp.get_thread_slice(mma_thread_idx);
+    auto thr_mma_dq = mma_dq.get_thread_slice(mma_thread_idx);
+
+    Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutK{});
+    Tensor sKt = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKt{});
+    Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sdO = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQ{});
+    Tensor sQt = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQt{});
+    Tensor sdOt = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQt{});
+    Tensor sdS = make_tensor(make_smem_ptr(smem.ds.data()), typename Traits::SmemLayoutdS{});
+    Tensor sdSt = make_tensor(make_smem_ptr(smem.ds.data()), typename Traits::SmemLayoutdSt{});
+    Tensor sdQ = make_tensor(make_smem_ptr(smem.dq.data()), typename Traits::SmemLayoutdQ{});
+
+    // wgmma operands (descriptors) of this warpgroup.
+    Tensor tSrK = wg_mma_sdp.partition_fragment_A(sK);      // this warpgroup's 64 keys
+    Tensor tSrV = wg_mma_sdp.partition_fragment_A(sV);
+    Tensor tSrQ = wg_mma_sdp.partition_fragment_B(sQ);      // (MMA, MMA_N, MMA_K, stage)
+    Tensor tSrdO = wg_mma_sdp.partition_fragment_B(sdO);
+    Tensor tdVrdOt = wg_mma_dkv.partition_fragment_B(sdOt);  // (MMA, MMA_N, MMA_K, stage)
+    Tensor tdKrQt = wg_mma_dkv.partition_fragment_B(sQt);
+    Tensor tdQrdS = wg_mma_dq.partition_fragment_A(sdS);    // (MMA, MMA_M, MMA_K, ds stage)
+    Tensor tdQrKt = wg_mma_dq.partition_fragment_B(sKt);
+
+    // Accumulators. P^T and dS^T are converted in place into the register A operand of dV and dK.
+    const auto tile_sdp = select<0, 1>(typename Traits::TileShapeSdP{});
+    Tensor tSrS = partition_fragment_C(mma_sdp, tile_sdp);
+    Tensor tdPrdP = partition_fragment_C(mma_sdp, tile_sdp);
+    Tensor tPrP = make_tensor_like<Element>(tSrS);
+    Tensor tdSrdS = make_tensor_like<Element>(tdPrdP);
+    Tensor tPrP_as_a = make_tensor(tPrP.data(), accumulator_as_operand_a(tPrP.layout()));
+    Tensor tdSrdS_as_a = make_tensor(tdSrdS.data(), accumulator_as_operand_a(tdSrdS.layout()));
+    Tensor tdQrdQ = partition_fragment_C(mma_dq, select<0, 1>(typename Traits::TileShapedQ{}));
+    Tensor tdQsdQ = thr_mma_dq.partition_C(sdQ);
+
+    // dS^T to shared memory with stmatrix: in the transposed view (keys, queries) queries are contiguous.
+    auto smem_copy_ds = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_sdp);
+    auto thr_copy_ds = smem_copy_ds.get_thread_slice(mma_thread_idx);
+    Tensor tdSr_copy = thr_copy_ds.retile_S(tdSrdS);
+    Tensor tdSs_copy = thr_copy_ds.partition_D(sdSt);  // (CPY, CPY_M, CPY_N, ds stage)
+
+    // This thread's query columns of the S^T tile (the rows-cols view's second mode).
+    Tensor coords = thr_mma_sdp.partition_C(make_identity_tensor(tile_sdp));
+    Tensor c = make_tensor(coords.data(), accumulator_rows_cols(coords.layout()));
+    Tensor s = make_tensor(tSrS.data(), accumulator_rows_cols(tSrS.layout()));
+    Tensor dp = make_tensor(tdPrdP.data(), accumulator_rows_cols(tdPrdP.layout()));
+    const KeyBlockMask<kBlockM, kBlockN> mask(params.attn, work.n_block);
+
+    cutlass::arch::ClusterTransactionBarrier::wait(&smem.kv_full, 0);
+    State st;
+    for (int i = 0; i < work.iterations; ++i) {
+      const int m_block = work.m_block(i);
+      const int ds_stage = i % Traits::kDsStages;
+      pipe.consumer_wait(st);
+      warpgroup_gemm<-1>(mma_sdp, tSrK, tSrQ(_, _, _, st.index), tSrS, /*zero_init=*/true);
+      warpgroup_gemm<-1>(mma_sdp, tSrV, tSrdO(_, _, _, st.index), tdPrdP, /*zero_init=*/true);
+      const float* lse_log2 = smem.lse_log2[st.index];
+      const float* softmax_d = smem.softmax_d[st.index];
+      // S -> P while dP^T is still being computed (with a softcap, S -> tanh first: dS needs it).
+      warpgroup_wait<1>();
+      warpgroup_fence_operand(tSrS);
+      CUTE_UNROLL
+      for (int n = 0; n < size<1>(s); ++n) {
+        const float row_lse = lse_log2[get<1>(c(_0{}, n))];
+        CUTE_UNROLL
+        for (int m = 0; m < size<0>(s); ++m) {
+          s(m, n) = params.has_softcap ? fast_tanh(s(m, n) * params.softcap_prescale)
+                                       : fast_exp2(s(m, n) * params.scale_log2 - row_lse);
+        }
+      }
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tdPrdP);
+      // dP -> dP - softmax_d (times the softcap's derivative 1 - tanh^2, then tanh -> P).
+      CUTE_UNROLL
+      for (int n = 0; n < size<1>(s); ++n) {
+        const int col = get<1>(c(_0{}, n));
+        const float row_lse = lse_log2[col];
+        const float row_d = softmax_d[col];
+        CUTE_UNROLL
+        for (int m = 0; m < size<0>(s); ++m) {
+          float grad = dp(m, n) - row_d;
+          if (params.has_softcap) {
+            const float t = s(m, n);
+            grad *= 1.f - t * t;
+            s(m, n) = fast_exp2(t * params.scale_log2 - row_lse);
+          }
+          dp(m, n) = grad;
+        }
+      }
+      if (mask.needs_mask(m_block)) mask.apply(tSrS, thr_mma_sdp, m_block, 0.f);
+      CUTE_UNROLL
+      for (int j = 0; j < size(tSrS); ++j) tdPrdP(j) *= tSrS(j);
+      convert_fragment(tSrS, tPrP);
+      convert_fragment(tdPrdP, tdSrdS);
+
+      warpgroup_gemm<-1>(mma_dkv, tPrP_as_a, tdVrdOt(_, _, _, st.index), tdVrdV, /*zero_init=*/false);
+      copy(smem_copy_ds, tdSr_copy, tdSs_copy(_, _, _, ds_stage));
+      warpgroup_gemm<-1>(mma_dkv, tdSrdS_as_a, tdKrQt(_, _, _, st.index), tdKrdK, /*zero_init=*/false);
+      // dS is read by the other warpgroup's wgmma (async proxy) too.
+      cutlass::arch::fence_view_async_shared();
+      named_barrier_sync(Traits::kNumMmaThreads, barrier_id(BwdNamedBarrier::kDsFull));
+      warpgroup_gemm<-1>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, /*zero_init=*/true);
+      warpgroup_wait<1>();  // dV and dK done: the Q stage may be refilled
+      warpgroup_fence_operand(tdVrdV);
+      warpgroup_fence_operand(tdKrdK);
+      pipe.consumer_release(st);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tdQrdQ);
+
+      named_barrier_sync(kDqHandoffThreads, barrier_id(BwdNamedBarrier::kDqEmpty));
+      copy(tdQrdQ, tdQsdQ);
+      cutlass::arch::fence_view_async_shared();  // visible to the TMA reduce-add (async proxy)
+      named_barrier_arrive(kDqHandoffThreads, barrier_id(BwdNamedBarrier::kDqFull));
+      st.advance();
+    }
+  }
+};
+
+}  // namespace jax_flash::sm90
