@@ -20,6 +20,8 @@ class AttentionConfig:
     diagonal_offset: internal (not in the public API): shifts the diagonal that causal and window bounds are
       measured from, to i + Sk - Sq + diagonal_offset. Ring attention uses it to place a block of keys at its
       global position relative to the local queries.
+    sm_margin: internal: streaming multiprocessors the persistent GPU kernels leave idle, so that a collective
+      running beside them (ring attention's K/V transfer) gets SMs. Ignored on the CPU.
   """
 
   softmax_scale: float
@@ -28,6 +30,7 @@ class AttentionConfig:
   window_right: int = UNBOUNDED
   softcap: float = 0.0
   diagonal_offset: int = 0
+  sm_margin: int = 0
 
   @property
   def effective_window_right(self) -> int:

@@ -88,6 +88,7 @@ def _attrs(config: AttentionConfig) -> dict[str, object]:
       window_right=np.int64(config.window_right),
       softcap=np.float32(config.softcap),
       diagonal_offset=np.int64(config.diagonal_offset),
+      sm_margin=np.int64(config.sm_margin),
   )
 
 
