@@ -60,6 +60,9 @@ def parse_args():
   p.add_argument("--profile-dir", default=None, help="trace each ring here and report its kernel time breakdown")
   p.add_argument("--latency-hiding", action="store_true",
                  help="also time each ring compiled with XLA's latency-hiding scheduler")
+  p.add_argument("--sm-margins", type=int, nargs="*", default=[],
+                 help="also time the ring with each of these SM margins for the transfers (jax_flash.ring."
+                      "TRANSFER_SM_MARGIN, the SMs the Hopper kernels leave to NCCL)")
   p.add_argument("--jit-rule", action="store_true",
                  help="also time jax_flash.attention under jit on sequence-sharded arrays (the sharding rule)")
   return p.parse_args()
@@ -227,6 +230,20 @@ def profile(fn, args, trace_dir: str, timeline: bool = False) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def ring_seconds_with_margin(margin, mapped, mesh, out_specs, ring_args, args) -> float:
+  """The ring's median time with `margin` SMs left to the transfers (traced afresh: the margin is read then)."""
+  default = jax_flash.ring.TRANSFER_SM_MARGIN
+  jax_flash.ring.TRANSFER_SM_MARGIN = margin
+  try:
+    spec = P(None, AXIS)
+    call = jax.jit(jax.shard_map(lambda *xs: mapped(*xs), mesh=mesh, in_specs=(spec,) * len(ring_args),
+                                 out_specs=out_specs))
+    compiled = call.lower(*ring_args).compile()
+  finally:
+    jax_flash.ring.TRANSFER_SM_MARGIN = default
+  return median_seconds(compiled, *ring_args, repeats=args.repeats)
+
+
 def main():
   args = parse_args()
   devices = jax.devices()
@@ -240,7 +257,8 @@ def main():
   sharded = NamedSharding(mesh, spec)
   rng = np.random.default_rng(0)
   draw = lambda s, h: jnp.asarray(rng.standard_normal((args.batch, s, h, args.head_dim), np.float32)).astype(dtype)
-  q, k, v, dout = draw(total, args.heads), draw(total, args.kv_heads), draw(total, args.kv_heads), draw(total, args.heads)
+  q, dout = draw(total, args.heads), draw(total, args.heads)
+  k, v = draw(total, args.kv_heads), draw(total, args.kv_heads)
   q1, k1, v1, dout1 = (x[:, :local] for x in (q, k, v, dout))
   for directory in (args.hlo_dir, args.profile_dir):
     if directory:
@@ -249,6 +267,7 @@ def main():
   columns = ["pass", "causal", "ring TF/s/GPU", "1-GPU TF/s", "ratio"]
   columns += ["ratio LHS"] if args.latency_hiding else []
   columns += ["ratio jit"] if args.jit_rule else []
+  columns += [f"ratio sm{m}" for m in args.sm_margins]
   print("  ".join(f"{c:>13}" for c in columns) + f"  {'ring err':>9}")
   schedules, breakdowns = {}, {}
   for causal in (False, True):
@@ -266,6 +285,7 @@ def main():
       single_call = jax.jit(with_backward(single_fn) if backward else single_fn)
       single_args = (q1, k1, v1, dout1)[:len(operands)]
       flops = lambda seqlen: attention_flops(args.batch, args.heads, seqlen, args.head_dim, causal, backward)
+      ring_tflops_with_margin = lambda margin, *a: flops(total) / n / ring_seconds_with_margin(margin, *a) / 1e12
 
       compiled = ring_call.lower(*ring_args).compile()
       ring_tflops = flops(total) / n / median_seconds(compiled, *ring_args, repeats=args.repeats) / 1e12
@@ -283,6 +303,8 @@ def main():
         rule_args = tuple(jax.device_put(x, sharded) for x in operands)
         rule_tflops = flops(total) / n / median_seconds(jax.jit(rule_fn), *rule_args, repeats=args.repeats) / 1e12
         cells.append(f"{rule_tflops / single_tflops:.2f}")
+      for margin in args.sm_margins:
+        cells.append(f"{ring_tflops_with_margin(margin, mapped, mesh, out_specs, ring_args, args) / single_tflops:.2f}")
       error = ""
       if not backward:
         got = jax_flash.from_ring_layout(np.asarray(compiled(*ring_args), np.float32), n, layout)

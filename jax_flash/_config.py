@@ -22,6 +22,8 @@ class AttentionConfig:
       global position relative to the local queries.
     deterministic: the backward adds dq's float32 partial sums in a fixed order on GPUs, so gradients are bitwise
       identical from run to run (slower); by default they add in whatever order the key blocks finish.
+    sm_margin: internal: streaming multiprocessors the persistent GPU kernels leave idle, so that a collective
+      running beside them (ring attention's K/V transfer) gets SMs. Ignored on the CPU.
   """
 
   softmax_scale: float
@@ -31,6 +33,7 @@ class AttentionConfig:
   softcap: float = 0.0
   diagonal_offset: int = 0
   deterministic: bool = False
+  sm_margin: int = 0
 
   @property
   def effective_window_right(self) -> int:

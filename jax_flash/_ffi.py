@@ -89,6 +89,7 @@ def _attrs(config: AttentionConfig) -> dict[str, object]:
       softcap=np.float32(config.softcap),
       diagonal_offset=np.int64(config.diagonal_offset),
       deterministic=bool(config.deterministic),
+      sm_margin=np.int64(config.sm_margin),
   )
 
 

@@ -54,6 +54,9 @@ _CHUNKS_PER_SHARD = {ZIGZAG: 2, CONTIGUOUS: 1}
 # Axes of the sequence dimension: q/k/v/o [B, S, H, D] and lse [B, H, S].
 _SEQ_AXIS = 1
 _LSE_SEQ_AXIS = 2
+# SMs the Hopper kernels leave free during a ring step, for NCCL's K/V transfer to run beside them: a persistent
+# kernel that holds every SM makes the transfer wait for it (measured on 2 x H200, see README's ring section).
+TRANSFER_SM_MARGIN = 8
 
 AxisName = Hashable | tuple[Hashable, ...]
 
@@ -325,6 +328,11 @@ def _forward_plan(plan: _Plan, q, k, v, o_acc, lse_acc):
   return o_acc, lse_acc
 
 
+def _with_transfer_margin(config: AttentionConfig, ring: _Ring) -> AttentionConfig:
+  """The kernels' config inside the ring: SMs left for the transfers when there are any."""
+  return dataclasses.replace(config, sm_margin=TRANSFER_SM_MARGIN if ring.size > 1 else 0)
+
+
 def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
   """o [B, S/N, Hq, D] (q's dtype), lse [B, Hq, S/N] f32 of the local queries against the whole ring's keys.
 
@@ -333,7 +341,7 @@ def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
   whose calls merge each row once writes q's dtype directly (o is rounded once, as a final cast would).
   """
   seqlen = q.shape[_SEQ_AXIS]
-  steps = ring.schedule(seqlen, config)
+  steps = ring.schedule(seqlen, _with_transfer_margin(config, ring))
   held = (k, v)
   acc = None  # (o, lse) over the keys seen so far
   for i, step in enumerate(steps):
@@ -374,7 +382,7 @@ def _backward_plan(plan: _Plan, dout, q, k, v, o, lse, dlse, dq_acc):
 def _ring_backward(dout, q, k, v, o, lse, dlse, config: AttentionConfig, ring: _Ring):
   """dq, dk, dv of the local shards, from the cotangents of the global o and lse (local shards of them)."""
   dq_acc = jnp.zeros_like(q, dtype=jnp.float32)
-  steps = ring.schedule(q.shape[_SEQ_AXIS], config)
+  steps = ring.schedule(q.shape[_SEQ_AXIS], _with_transfer_margin(config, ring))
   held = (k, v)
   dkv = None  # float32 dK/dV accumulators of the held block; they travel with it
   for i, step in enumerate(steps):

@@ -9,6 +9,7 @@ jitted mapped call and compares them with the same quantities from jax_flash.att
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -262,3 +263,24 @@ def test_sharded_entry_points_run_inside_custom_partitioning_without_gathering(r
   for fn, args in ((forward, fwd_args), (backward, bwd_args)):
     hlo = jax.jit(fn).lower(*args).compile().as_text()
     assert "all-gather" not in hlo and "collective-permute" in hlo
+
+
+def test_ring_kernels_leave_sms_for_the_transfers(rng):
+  """Inside the ring every forward and backward kernel call carries the SM margin for NCCL; attention does not."""
+  case = Case(causal=True)
+  q, k, v, dout, dlse = _global_inputs(rng, case)
+  mesh = _mesh((NUM_DEVICES,), ("sp",))
+  spec, lse_spec = P(None, "sp"), P(None, None, "sp")
+  attention_fn = lambda q, k, v: jax_flash.ring_attention(q, k, v, axis_name="sp", return_lse=True, **case.kwargs())
+  mapped = jax.jit(jax.shard_map(
+      lambda *xs: _ring_local(attention_fn, *xs), mesh=mesh,
+      in_specs=(spec, spec, spec, spec, lse_spec), out_specs=(spec, lse_spec, spec, spec, spec),
+  ))
+  put = lambda x, s: jax.device_put(x, NamedSharding(mesh, s))
+  sharded = (put(q, spec), put(k, spec), put(v, spec), put(dout, spec), put(dlse, lse_spec))
+  ring_hlo = mapped.lower(*sharded).compile().as_text()
+  margins = set(re.findall(r"sm_margin = (\d+)", ring_hlo))
+  assert margins == {str(ring.TRANSFER_SM_MARGIN)}, margins
+  assert ring_hlo.count(_ffi.FWD_TARGET) >= 1 and ring_hlo.count(_ffi.BWD_TARGET) >= 1
+  single_hlo = jax.jit(lambda q, k, v: jax_flash.attention(q, k, v, causal=True)).lower(q, k, v).compile().as_text()
+  assert set(re.findall(r"sm_margin = (\d+)", single_hlo)) == {"0"}

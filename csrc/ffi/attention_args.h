@@ -24,6 +24,9 @@ struct MaskAttrs {
   int64_t diagonal_offset;
   // Backward only: add dq's float32 partial sums in a fixed order (bitwise reproducible gradients).
   bool deterministic;
+  // Streaming multiprocessors a persistent GPU kernel leaves idle, so that a collective running beside it (ring
+  // attention's K/V transfer) gets SMs instead of waiting for the kernel to end. Ignored on the CPU.
+  int64_t sm_margin;
 };
 
 template <typename Buffer>
@@ -55,6 +58,7 @@ inline ffi::Error make_params(const ffi::AnyBuffer& q, const ffi::AnyBuffer& k, 
   if (attrs.window_left < kUnbounded || attrs.window_right < kUnbounded)
     return invalid("window bounds must be >= -1");
   if (!(attrs.softcap >= 0.0f)) return invalid("softcap must be >= 0");
+  if (attrs.sm_margin < 0) return invalid("sm_margin must be >= 0");
   params.batch = qd[0];
   params.seqlen_q = qd[1];
   params.heads_q = qd[2];
@@ -138,4 +142,5 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(jax_flash::ffi_args::MaskAttrs,
                                       xla::ffi::StructMember<int64_t>("window_right"),
                                       xla::ffi::StructMember<float>("softcap"),
                                       xla::ffi::StructMember<int64_t>("diagonal_offset"),
-                                      xla::ffi::StructMember<bool>("deterministic"));
+                                      xla::ffi::StructMember<bool>("deterministic"),
+                                      xla::ffi::StructMember<int64_t>("sm_margin"));

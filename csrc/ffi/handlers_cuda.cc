@@ -3,6 +3,7 @@
 // never synchronise (the backward's workspaces are outputs of the call), so XLA may capture them in CUDA graphs.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -81,11 +82,17 @@ ffi::ErrorOr<Launch> prepare_launch(cudaStream_t stream, const ffi::AnyBuffer& q
 #ifdef JAX_FLASH_WITH_SM90
 constexpr int kHopperComputeCapability = 90;  // wgmma, TMA and setmaxnreg (sm_90a kernels)
 
+// The SMs a persistent kernel spreads over: all but `sm_margin`, and at least one.
+int persistent_grid_sms(const cuda::DeviceInfo& device, int64_t sm_margin) {
+  return static_cast<int>(std::max<int64_t>(1, device.sm_count - sm_margin));
+}
+
 // Runs the FlashAttention-3 forward when the device is a Hopper GPU and a kernel of this build covers the problem;
 // `launched` says whether it did (else the caller runs the sm80 kernels).
 ffi::Error try_forward_sm90(cudaStream_t stream, const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
                             const ffi::AnyBuffer& v, ffi::AnyBuffer& o, ffi::Buffer<ffi::F32>& lse,
-                            ffi::Buffer<ffi::S32>& workspace, const AttentionParams& p, bool& launched) {
+                            ffi::Buffer<ffi::S32>& workspace, const AttentionParams& p, int64_t sm_margin,
+                            bool& launched) {
   launched = false;
   cuda::DeviceInfo device;
   if (cudaError_t err = cuda::current_device_info(device)) return cuda_error("reading the device's properties", err);
@@ -96,7 +103,7 @@ ffi::Error try_forward_sm90(cudaStream_t stream, const ffi::AnyBuffer& q, const 
     return ffi_args::invalid("the forward workspace is smaller than the Hopper kernel needs");
   if (cudaError_t err = sm90::run_flash_fwd_sm90(p, dtype, q.untyped_data(), k.untyped_data(), v.untyped_data(),
                                                  o.untyped_data(), lse.typed_data(), workspace.typed_data(),
-                                                 device.sm_count, stream))
+                                                 persistent_grid_sms(device, sm_margin), stream))
     return cuda_error("launching the Hopper forward kernel", err);
   launched = true;
   return ffi::Error::Success();
@@ -128,7 +135,9 @@ ffi::Error forward_cuda(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
   if (launch.has_error()) return launch.error();
 #ifdef JAX_FLASH_WITH_SM90
   bool launched = false;
-  if (auto err = try_forward_sm90(stream, q, k, v, *o, *lse, *workspace, p, launched); err.failure()) return err;
+  if (auto err = try_forward_sm90(stream, q, k, v, *o, *lse, *workspace, p, attrs.sm_margin, launched);
+      err.failure())
+    return err;
   if (launched) return ffi::Error::Success();
 #endif
   const sm80::ForwardArgs args{p, q.untyped_data(), k.untyped_data(), v.untyped_data(), o->untyped_data(),
