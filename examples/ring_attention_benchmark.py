@@ -38,8 +38,9 @@ import jax_flash
 AXIS = "seq"
 FWD_BWD_FLOP_FACTOR = 3.5  # backward = 2.5 x forward matmul FLOPs
 KERNEL_TARGETS = ("jax_flash_fwd", "jax_flash_bwd")
-# Device kernels of jax_flash (sm90 forward, sm80 forward/backward and its pre/post-processing) and of NCCL.
-ATTENTION_KERNELS = re.compile(r"flash_fwd|forward_kernel|backward_kernel|backward_preprocess|backward_postprocess")
+# Device kernels of jax_flash (sm90 forward/backward, sm80 forward/backward, pre/post-processing) and of NCCL.
+ATTENTION_KERNELS = re.compile(
+    r"flash_fwd|flash_bwd|forward_kernel|backward_kernel|backward_preprocess|backward_postprocess")
 NCCL_KERNELS = re.compile(r"nccl", re.IGNORECASE)
 CALLS_PER_SAMPLE = 4
 PROFILED_CALLS = 3

@@ -54,9 +54,10 @@ _CHUNKS_PER_SHARD = {ZIGZAG: 2, CONTIGUOUS: 1}
 # Axes of the sequence dimension: q/k/v/o [B, S, H, D] and lse [B, H, S].
 _SEQ_AXIS = 1
 _LSE_SEQ_AXIS = 2
-# SMs the Hopper kernels leave free during a ring step, for NCCL's K/V transfer to run beside them: a persistent
-# kernel that holds every SM makes the transfer wait for it (measured on 2 x H200, see README's ring section).
-TRANSFER_SM_MARGIN = 8
+# SMs the persistent Hopper forward leaves free during a ring step, for NCCL's K/V transfer to run beside it. On
+# 2 x H200 margins of 8 and 16 measured no faster than 0 (README's ring section; the ring benchmark's --sm-margins
+# compares them), so none is left until a measurement shows a gain.
+TRANSFER_SM_MARGIN = 0
 
 AxisName = Hashable | tuple[Hashable, ...]
 
