@@ -4,23 +4,19 @@
 
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 
 #include <cute/tensor.hpp>
 
 #include "common/attention_params.h"
+#include "common/backward_postprocess.h"
+#include "common/backward_preprocess.h"
 #include "sm90/flash_bwd_kernel.h"
 #include "sm90/flash_bwd_launch.h"
 #include "sm90/flash_bwd_params.h"
-#include "sm90/flash_bwd_postprocess.h"
-#include "sm90/flash_bwd_preprocess.h"
 #include "sm90/softmax.h"
 
 namespace jax_flash::sm90 {
-
-// Blocks per SM for the grid-stride postprocess: enough to saturate memory bandwidth.
-constexpr int kPostprocessBlocksPerSm = 8;
 
 template <class Traits>
 cudaError_t launch_flash_bwd(const AttentionParams& p, const BwdBuffers& b, int num_sms, cudaStream_t stream) {
@@ -28,14 +24,10 @@ cudaError_t launch_flash_bwd(const AttentionParams& p, const BwdBuffers& b, int 
   using Params = BwdParams<Traits>;
   if (p.batch == 0 || p.heads_q == 0) return cudaSuccess;
 
-  const int64_t rows = p.batch * p.seqlen_q * p.heads_q;
-  if (rows > 0) {
-    flash_bwd_preprocess_kernel<Element>
-        <<<unsigned((rows + kPreprocessRowsPerBlock - 1) / kPreprocessRowsPerBlock), kPreprocessThreads, 0,
-           stream>>>(p, static_cast<const Element*>(b.dout), static_cast<const Element*>(b.o), b.dlse, b.softmax_d,
-                     b.dq_accum, b.dq_semaphore);
-    if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-  }
+  if (cudaError_t err = launch_backward_preprocess<Element>(p, b.dout, b.o, b.dlse, b.softmax_d, b.dq_accum,
+                                                             b.dq_semaphore, stream);
+      err != cudaSuccess)
+    return err;
 
   const int num_n_blocks = int((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN);
   if (num_n_blocks > 0) {
@@ -92,15 +84,7 @@ cudaError_t launch_flash_bwd(const AttentionParams& p, const BwdBuffers& b, int 
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
   }
 
-  if (rows > 0) {
-    const int64_t count8 = rows * p.head_dim / kElementsPer16Bytes;
-    const int64_t blocks = std::min<int64_t>((count8 + kPostprocessThreads - 1) / kPostprocessThreads,
-                                             int64_t(num_sms) * kPostprocessBlocksPerSm);
-    flash_bwd_postprocess_kernel<Element><<<unsigned(blocks), kPostprocessThreads, 0, stream>>>(
-        b.dq_accum, static_cast<Element*>(b.dq), count8, p.softmax_scale);
-    if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-  }
-  return cudaSuccess;
+  return launch_backward_postprocess<Element>(p, b.dq_accum, b.dq, num_sms, stream);
 }
 
 }  // namespace jax_flash::sm90

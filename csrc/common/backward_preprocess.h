@@ -1,7 +1,8 @@
-// Backward preprocess, one pass over dout and o before the main kernel:
+// Backward preprocess of every CUDA family, one pass over dout and o before the main kernel:
 //   softmax_d = rowsum(dout * o) - dlse   [B, Hq, Sq] (the lse cotangent enters the gradient through it)
-//   dq_accum  = 0                         [B, Sq, Hq, D] float32 (the main kernel reduce-adds into it)
+//   dq_accum  = 0                         [B, Sq, Hq, D] float32 (the main kernel adds into it)
 //   dq_semaphore = 0                      [B, Hq, Sq] int32 (deterministic mode only; else null)
+// CUDA only: included by the sm80 and sm90 backward launchers.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,7 +11,7 @@
 
 #include "common/attention_params.h"
 
-namespace jax_flash::sm90 {
+namespace jax_flash {
 
 // A group of kPreprocessThreadsPerRow threads reads one (position, head) row of dout and o with 16-byte accesses;
 // the head dim is a multiple of 8, so no access straddles a row.
@@ -21,8 +22,8 @@ constexpr int kElementsPer16Bytes = 8;
 
 template <class Element>
 __global__ void __launch_bounds__(kPreprocessThreads)
-    flash_bwd_preprocess_kernel(AttentionParams p, const Element* dout, const Element* o, const float* dlse,
-                                float* softmax_d, float* dq_accum, int* dq_semaphore) {
+    backward_preprocess_kernel(AttentionParams p, const Element* dout, const Element* o, const float* dlse,
+                               float* softmax_d, float* dq_accum, int* dq_semaphore) {
   static_assert(sizeof(Element) * kElementsPer16Bytes == 16);
   const int64_t total_rows = p.batch * p.seqlen_q * p.heads_q;
   // Rows in [B, Sq, Hq] order, their order in memory.
@@ -43,7 +44,8 @@ __global__ void __launch_bounds__(kPreprocessThreads)
     }
   }
 #pragma unroll
-  for (int offset = kPreprocessThreadsPerRow / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+  for (int offset = kPreprocessThreadsPerRow / 2; offset > 0; offset /= 2)
+    dot += __shfl_xor_sync(0xffffffffu, dot, offset);
   if (row < total_rows && lane == 0) {
     const int64_t head = row % p.heads_q;
     const int64_t position = (row / p.heads_q) % p.seqlen_q;
@@ -54,4 +56,17 @@ __global__ void __launch_bounds__(kPreprocessThreads)
   }
 }
 
-}  // namespace jax_flash::sm90
+// Enqueues the preprocess on `stream` (nothing when there are no query rows).
+template <class Element>
+cudaError_t launch_backward_preprocess(const AttentionParams& p, const void* dout, const void* o, const float* dlse,
+                                       float* softmax_d, float* dq_accum, int* dq_semaphore, cudaStream_t stream) {
+  const int64_t rows = p.batch * p.seqlen_q * p.heads_q;
+  if (rows == 0) return cudaSuccess;
+  backward_preprocess_kernel<Element>
+      <<<unsigned((rows + kPreprocessRowsPerBlock - 1) / kPreprocessRowsPerBlock), kPreprocessThreads, 0, stream>>>(
+          p, static_cast<const Element*>(dout), static_cast<const Element*>(o), dlse, softmax_d, dq_accum,
+          dq_semaphore);
+  return cudaGetLastError();
+}
+
+}  // namespace jax_flash
