@@ -14,8 +14,12 @@ For N devices and a per-device length L it reports, for forward and forward+back
   (custom-calls, or the conditionals that hold them) that XLA placed before its done, i.e. that run while the
   transfer is in flight,
 - with `--profile-dir`, from a profiler trace of each ring: per GPU and call, the time in attention kernels, in
-  NCCL kernels (the transfers), in other kernels (merges, slices, casts) and idle, and how much of the NCCL time
-  ran at the same time as an attention kernel.
+  transfers (NCCL kernels, or peer copies where XLA copies between local GPUs), in other kernels (merges, slices,
+  casts; the costliest named) and idle, and how much of the transfer time ran at the same time as an attention
+  kernel,
+- with `--variant`, all of the above for the ring compiled with other XLA options or SM margins, e.g.
+  `--variant memcpy:xla_gpu_use_memcpy_local_p2p=true sm8:sm_margin=8` (each LABEL:KEY=VALUE,...; sm_margin is
+  jax_flash.ring.TRANSFER_SM_MARGIN, any other key an XLA debug option passed to the compiler).
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ KERNEL_TARGETS = ("jax_flash_fwd", "jax_flash_bwd")
 # Device kernels of jax_flash (sm90 forward/backward, sm80 forward/backward, pre/post-processing) and of NCCL.
 ATTENTION_KERNELS = re.compile(
     r"flash_fwd|flash_bwd|forward_kernel|backward_kernel|backward_preprocess|backward_postprocess")
-NCCL_KERNELS = re.compile(r"nccl", re.IGNORECASE)
+# Transfers: NCCL's kernels, or the copy engines' peer copies (XLA's memcpy path between GPUs of one process).
+TRANSFERS = re.compile(r"nccl|Memcpy(P2P|PtoP|DtoD|D2D)", re.IGNORECASE)
 CALLS_PER_SAMPLE = 4
 PROFILED_CALLS = 3
-# The compile option that turns on XLA's latency-hiding scheduler for GPUs (off by default in XLA).
-LATENCY_HIDING = {"xla_gpu_enable_latency_hiding_scheduler": True}
+OTHER_KERNELS_NAMED = 4  # the costliest non-attention, non-transfer kernels listed per trace
+DEFAULT_VARIANT = "default"
+SM_MARGIN_KEY = "sm_margin"
 
 
 def parse_args():
@@ -59,14 +65,31 @@ def parse_args():
   p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median reported)")
   p.add_argument("--hlo-dir", default=None, help="also write each ring's scheduled HLO here")
   p.add_argument("--profile-dir", default=None, help="trace each ring here and report its kernel time breakdown")
-  p.add_argument("--latency-hiding", action="store_true",
-                 help="also time each ring compiled with XLA's latency-hiding scheduler")
-  p.add_argument("--sm-margins", type=int, nargs="*", default=[],
-                 help="also time the ring with each of these SM margins for the transfers (jax_flash.ring."
-                      "TRANSFER_SM_MARGIN, the SMs the Hopper kernels leave to NCCL)")
+  p.add_argument("--variant", type=parse_variant, nargs="*", default=[],
+                 help="also measure the ring built as LABEL:KEY=VALUE,... says: sm_margin=M (the SMs the Hopper "
+                      "kernels leave to the transfers, jax_flash.ring.TRANSFER_SM_MARGIN) and XLA debug options, "
+                      "e.g. xla_gpu_use_memcpy_local_p2p=true")
   p.add_argument("--jit-rule", action="store_true",
                  help="also time jax_flash.attention under jit on sequence-sharded arrays (the sharding rule)")
-  return p.parse_args()
+  args = p.parse_args()
+  args.variants = [(DEFAULT_VARIANT, jax_flash.ring.TRANSFER_SM_MARGIN, {})] + args.variant
+  return args
+
+
+def parse_variant(text: str):
+  """'LABEL:KEY=VALUE,...' -> (label, SM margin, XLA compiler options)."""
+  label, _, settings = text.partition(":")
+  margin, options = jax_flash.ring.TRANSFER_SM_MARGIN, {}
+  for setting in filter(None, settings.split(",")):
+    key, sep, value = setting.partition("=")
+    if not sep:
+      raise argparse.ArgumentTypeError(f"variant {text!r}: {setting!r} is not KEY=VALUE")
+    parsed = {"true": True, "false": False}.get(value.lower(), int(value) if value.lstrip("-").isdigit() else value)
+    if key == SM_MARGIN_KEY:
+      margin = parsed
+    else:
+      options[key] = parsed
+  return label, margin, options
 
 
 def median_seconds(fn, *args, repeats: int) -> float:
@@ -178,9 +201,9 @@ def _overlap_length(intervals, others) -> float:
 
 
 def trace_breakdown(trace_dir: str, calls: int, timeline: bool) -> list[str]:
-  """Per GPU, per call (ms): attention kernels, NCCL kernels (and the part overlapping attention), other kernels,
-  idle, from the device events of the newest trace under `trace_dir`; with `timeline`, also every kernel of the
-  middle call (stream, start offset and duration in microseconds)."""
+  """Per GPU, per call (ms): attention kernels, transfers (and the part overlapping attention), other kernels (the
+  costliest named), idle, from the device events of the newest trace under `trace_dir`; with `timeline`, also
+  every event of the middle call (stream, start offset and duration in microseconds)."""
   from jax._src.lib import _profile_data  # the profiler's XSpace reader, shipped with jaxlib
 
   files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
@@ -196,18 +219,25 @@ def trace_breakdown(trace_dir: str, calls: int, timeline: bool) -> list[str]:
     if not events:
       report.append(f"{plane.name}: no stream events; lines {[line.name for line in plane.lines]}")
       continue
-    kind = lambda n: "attention" if ATTENTION_KERNELS.search(n) else "nccl" if NCCL_KERNELS.search(n) else "other"
-    spans = {k: [(a, b) for a, b, n, _ in events if kind(n) == k] for k in ("attention", "nccl", "other")}
+    kind = lambda n: ("attention" if ATTENTION_KERNELS.search(n) else "transfer" if TRANSFERS.search(n)
+                      else "other")
+    spans = {k: [(a, b) for a, b, n, _ in events if kind(n) == k] for k in ("attention", "transfer", "other")}
     first, last = events[0][0], max(b for _, b, _, _ in events)
     busy = _union_length([(a, b) for a, b, _, _ in events])
     ms = lambda ns: ns / calls / 1e6
+    other_time = {}
+    for a, b, n, _ in events:
+      if kind(n) == "other":
+        other_time[n[:40]] = other_time.get(n[:40], 0) + b - a
+    costliest = sorted(other_time.items(), key=lambda item: -item[1])[:OTHER_KERNELS_NAMED]
     report.append(
         f"{plane.name}: per call {ms(last - first):.3f} ms span: "
         f"attention {ms(_union_length(spans['attention'])):.3f}, "
-        f"nccl {ms(_union_length(spans['nccl'])):.3f} (overlapping attention "
-        f"{ms(_overlap_length(spans['nccl'], spans['attention'])):.3f}), other kernels "
-        f"{ms(_union_length(spans['other'])):.3f} ({len(spans['other']) // calls} launches), idle "
-        f"{ms(last - first - busy):.3f}")
+        f"transfers {ms(_union_length(spans['transfer'])):.3f} (overlapping attention "
+        f"{ms(_overlap_length(spans['transfer'], spans['attention'])):.3f}), other kernels "
+        f"{ms(_union_length(spans['other'])):.3f} ({len(spans['other']) // calls} launches: "
+        + ", ".join(f"{name} {ms(t):.3f}" for name, t in costliest)
+        + f"), idle {ms(last - first - busy):.3f}")
     if timeline:
       # The middle call: its events lie in the middle third of the traced span (calls run back to back).
       third = (last - first) / calls
@@ -231,18 +261,27 @@ def profile(fn, args, trace_dir: str, timeline: bool = False) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def ring_seconds_with_margin(margin, mapped, mesh, out_specs, ring_args, args) -> float:
-  """The ring's median time with `margin` SMs left to the transfers (traced afresh: the margin is read then)."""
+def compile_ring(mapped, mesh, out_specs, ring_args, margin: int, options: dict):
+  """The ring under shard_map, traced with `margin` SMs left to the transfers and compiled with `options`."""
   default = jax_flash.ring.TRANSFER_SM_MARGIN
   jax_flash.ring.TRANSFER_SM_MARGIN = margin
   try:
     spec = P(None, AXIS)
     call = jax.jit(jax.shard_map(lambda *xs: mapped(*xs), mesh=mesh, in_specs=(spec,) * len(ring_args),
                                  out_specs=out_specs))
-    compiled = call.lower(*ring_args).compile()
+    return call.lower(*ring_args).compile(compiler_options=options or None)
   finally:
     jax_flash.ring.TRANSFER_SM_MARGIN = default
-  return median_seconds(compiled, *ring_args, repeats=args.repeats)
+
+
+def compile_rule(fn, rule_args, margin: int, options: dict):
+  """jax_flash.attention under jit on sequence-sharded arrays (the sharding rule's ring), built likewise."""
+  default = jax_flash.ring.TRANSFER_SM_MARGIN
+  jax_flash.ring.TRANSFER_SM_MARGIN = margin
+  try:
+    return jax.jit(fn).lower(*rule_args).compile(compiler_options=options or None)
+  finally:
+    jax_flash.ring.TRANSFER_SM_MARGIN = default
 
 
 def main():
@@ -265,12 +304,11 @@ def main():
     if directory:
       os.makedirs(directory, exist_ok=True)
 
-  columns = ["pass", "causal", "ring TF/s/GPU", "1-GPU TF/s", "ratio"]
-  columns += ["ratio LHS"] if args.latency_hiding else []
-  columns += ["ratio jit"] if args.jit_rule else []
-  columns += [f"ratio sm{m}" for m in args.sm_margins]
-  print("  ".join(f"{c:>13}" for c in columns) + f"  {'ring err':>9}")
-  schedules, breakdowns = {}, {}
+  labels = [label for label, _, _ in args.variants]
+  columns = ["pass", "causal", "1-GPU TF/s", "ring TF/s/GPU"] + [f"ring {label}" for label in labels]
+  columns += [f"jit {label}" for label in labels] if args.jit_rule else []
+  columns += ["ring again"]  # the default ring timed once more: the spread of the measurement
+  rows, schedules, breakdowns = [], {}, {}
   for causal in (False, True):
     layout = jax_flash.ring.default_layout(causal)
     laid = lambda x: jax.device_put(jax_flash.to_ring_layout(x, n, layout), sharded)
@@ -278,64 +316,75 @@ def main():
     single_fn = lambda q, k, v: jax_flash.attention(q, k, v, causal=causal)
     for backward in (False, True):
       name = "fwd+bwd" if backward else "fwd"
+      tag = f"{name.replace('+', '_')}_causal{int(causal)}"
       operands = (q, k, v, dout) if backward else (q, k, v)
       mapped = with_backward(ring_fn) if backward else ring_fn
       out_specs = (spec,) * 4 if backward else spec
-      ring_call = jax.jit(jax.shard_map(mapped, mesh=mesh, in_specs=(spec,) * len(operands), out_specs=out_specs))
       ring_args = tuple(laid(x) for x in operands)
+      # The sequence in natural order, sharded over the mesh: the sharding rule runs the ring.
+      rule_fn = with_backward(single_fn) if backward else single_fn
+      rule_args = tuple(jax.device_put(x, sharded) for x in operands)
       single_call = jax.jit(with_backward(single_fn) if backward else single_fn)
       single_args = (q1, k1, v1, dout1)[:len(operands)]
       flops = lambda seqlen: attention_flops(args.batch, args.heads, seqlen, args.head_dim, causal, backward)
-      ring_tflops_with_margin = lambda margin, *a: flops(total) / n / ring_seconds_with_margin(margin, *a) / 1e12
+      per_gpu_tflops = lambda fn, a: flops(total) / n / median_seconds(fn, *a, repeats=args.repeats) / 1e12
 
-      compiled = ring_call.lower(*ring_args).compile()
-      ring_tflops = flops(total) / n / median_seconds(compiled, *ring_args, repeats=args.repeats) / 1e12
       single_tflops = flops(local) / median_seconds(single_call, *single_args, repeats=args.repeats) / 1e12
-      cells = [name, str(causal), f"{ring_tflops:.4g}", f"{single_tflops:.4g}", f"{ring_tflops / single_tflops:.2f}"]
-      hlo = {"default": compiled.as_text()}
-      if args.latency_hiding:
-        lhs = ring_call.lower(*ring_args).compile(compiler_options=LATENCY_HIDING)
-        hlo["latency-hiding"] = lhs.as_text()
-        lhs_tflops = flops(total) / n / median_seconds(lhs, *ring_args, repeats=args.repeats) / 1e12
-        cells.append(f"{lhs_tflops / single_tflops:.2f}")
-      if args.jit_rule:
-        # The sequence in natural order, sharded over the mesh: the sharding rule runs the ring.
-        rule_fn = with_backward(single_fn) if backward else single_fn
-        rule_args = tuple(jax.device_put(x, sharded) for x in operands)
-        rule_tflops = flops(total) / n / median_seconds(jax.jit(rule_fn), *rule_args, repeats=args.repeats) / 1e12
-        cells.append(f"{rule_tflops / single_tflops:.2f}")
-      for margin in args.sm_margins:
-        cells.append(f"{ring_tflops_with_margin(margin, mapped, mesh, out_specs, ring_args, args) / single_tflops:.2f}")
+      ring_ratios, rule_ratios, default_ring = [], [], None
+      for label, margin, options in args.variants:
+        compiled = compile_ring(mapped, mesh, out_specs, ring_args, margin, options)
+        default_ring = default_ring or compiled
+        ring_tflops = per_gpu_tflops(compiled, ring_args)
+        ring_ratios.append(ring_tflops / single_tflops)
+        if label == DEFAULT_VARIANT:
+          default_tflops = ring_tflops
+        text = compiled.as_text()
+        schedules[(name, causal, label)] = overlap_report(text) + [
+            f"{synchronous_permutes(text)} synchronous collective-permutes"]
+        if args.hlo_dir:
+          with open(os.path.join(args.hlo_dir, f"ring_{tag}_{label}.hlo"), "w") as f:
+            f.write(text)
+        if args.profile_dir:
+          breakdowns[(name, causal, f"ring {label}")] = profile(
+              compiled, ring_args, os.path.join(args.profile_dir, f"{tag}_{label}"), timeline=not backward)
+        if args.jit_rule:
+          rule = compile_rule(rule_fn, rule_args, margin, options)
+          rule_ratios.append(per_gpu_tflops(rule, rule_args) / single_tflops)
+          if args.hlo_dir:
+            with open(os.path.join(args.hlo_dir, f"jit_{tag}_{label}.hlo"), "w") as f:
+              f.write(rule.as_text())
+          if args.profile_dir:
+            breakdowns[(name, causal, f"jit {label}")] = profile(
+                rule, rule_args, os.path.join(args.profile_dir, f"jit_{tag}_{label}"), timeline=not backward)
+      again = per_gpu_tflops(default_ring, ring_args) / single_tflops
+      if args.profile_dir:
+        breakdowns[(name, causal, "1-GPU")] = profile(single_call, single_args,
+                                                      os.path.join(args.profile_dir, f"{tag}_single"))
       error = ""
       if not backward:
-        got = jax_flash.from_ring_layout(np.asarray(compiled(*ring_args), np.float32), n, layout)
+        got = jax_flash.from_ring_layout(np.asarray(default_ring(*ring_args), np.float32), n, layout)
         want = np.asarray(jax.jit(single_fn)(q, k, v), np.float32)
         error = f"{np.linalg.norm(got - want) / np.linalg.norm(want):.2e}"
-      print("  ".join(f"{c:>13}" for c in cells) + f"  {error:>9}", flush=True)
-
-      for variant, text in hlo.items():
-        schedules[(name, causal, variant)] = overlap_report(text) or [
-            f"no collective-permute-start: {synchronous_permutes(text)} synchronous collective-permutes"]
-        if args.hlo_dir:
-          tag = f"{name.replace('+', '_')}_causal{int(causal)}_{variant}"
-          with open(os.path.join(args.hlo_dir, f"ring_{tag}.hlo"), "w") as f:
-            f.write(text)
-      if args.profile_dir:
-        trace_dir = os.path.join(args.profile_dir, f"{name.replace('+', '_')}_causal{int(causal)}")
-        breakdowns[(name, causal)] = profile(compiled, ring_args, trace_dir, timeline=not backward)
-        breakdowns[(f"1-GPU {name}", causal)] = profile(single_call, single_args, trace_dir + "_single")
+      cells = [name, str(causal), f"{single_tflops:.4g}", f"{default_tflops:.4g}"]
+      cells += [f"{r:.2f}" for r in ring_ratios + rule_ratios + [again]]
+      rows.append("  ".join(f"{c:>13}" for c in cells) + f"  {error:>9}")
+      print(rows[-1], flush=True)
 
   print("\nschedule of the ring's transfers (compiled HLO):")
-  for (name, causal, variant), lines in schedules.items():
-    print(f"  {name} causal={causal} ({variant} scheduler):")
+  for (name, causal, label), lines in schedules.items():
+    print(f"  {name} causal={causal} ({label}):")
     for line in lines:
       print(f"    {line}")
   if breakdowns:
     print(f"\nkernel time per call from a profiler trace ({PROFILED_CALLS} calls):")
-    for (name, causal), lines in breakdowns.items():
-      print(f"  {name} causal={causal}:")
+    for (name, causal, label), lines in breakdowns.items():
+      print(f"  {name} causal={causal} {label}:")
       for line in lines:
         print(f"    {line}")
+  print("\nper-GPU throughput of the ring over the 1-GPU kernel (ratio columns):")
+  print("  ".join(f"{c:>13}" for c in columns) + f"  {'ring err':>9}")
+  for row in rows:
+    print(row)
 
 
 if __name__ == "__main__":

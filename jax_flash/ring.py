@@ -66,11 +66,13 @@ AxisName = Hashable | tuple[Hashable, ...]
 # Layouts
 
 
-def _chunk_ids(num_shards: int, layout: str, shard: int) -> tuple[int, ...]:
-  """Global chunk indices held by `shard`, in local order (chunks are S / (num_shards * chunks per shard) long)."""
+def _chunk_ids(num_shards: int, layout: str, shard: int, split: int | None = None) -> tuple[int, ...]:
+  """Global chunk indices held by `shard`, in local order, its shard cut into `split` chunks (default: the layout's
+  own count; chunks are S / (num_shards * split) long). A contiguous shard may be cut finer, a zigzag one not."""
+  split = _CHUNKS_PER_SHARD[layout] if split is None else split
   if layout == ZIGZAG:
     return (shard, 2 * num_shards - 1 - shard)
-  return (shard,)
+  return tuple(shard * split + j for j in range(split))
 
 
 def _layout_order(num_shards: int, layout: str) -> np.ndarray:
@@ -233,15 +235,22 @@ def _plan_for_pairs(deltas: tuple[tuple[int, ...], ...], chunk: int, config: Att
   raise AssertionError("single-pair calls always cover every pair")
 
 
+def _split(layout: str, kv_layout: str) -> int:
+  """Chunks per shard in a schedule whose queries are in `layout` and keys/values in `kv_layout`."""
+  return max(_CHUNKS_PER_SHARD[layout], _CHUNKS_PER_SHARD[kv_layout])
+
+
 @functools.lru_cache(maxsize=None)
-def _schedule(num_shards: int, layout: str, chunk: int, config: AttentionConfig) -> tuple[_Step, ...]:
-  """The ring steps with work, for shards of `chunk`-long chunks in `layout` and the mask in `config`."""
+def _schedule(num_shards: int, layout: str, kv_layout: str, chunk: int, config: AttentionConfig) -> tuple[_Step, ...]:
+  """The ring steps with work, for queries in `layout`, keys/values in `kv_layout`, shards of `chunk`-long chunks
+  and the mask in `config`."""
+  split = _split(layout, kv_layout)
   steps = []
   for distance in range(num_shards):
     plans = []
     for device in range(num_shards):
-      q_chunks = _chunk_ids(num_shards, layout, device)
-      k_chunks = _chunk_ids(num_shards, layout, (device - distance) % num_shards)
+      q_chunks = _chunk_ids(num_shards, layout, device, split)
+      k_chunks = _chunk_ids(num_shards, kv_layout, (device - distance) % num_shards, split)
       deltas = tuple(tuple((qc - kc) * chunk for kc in k_chunks) for qc in q_chunks)
       plans.append(_plan_for_pairs(deltas, chunk, config))
     if any(plans):
@@ -258,17 +267,18 @@ def _schedule(num_shards: int, layout: str, chunk: int, config: AttentionConfig)
 class _Ring:
   axis_name: AxisName
   size: int
-  layout: str
+  layout: str  # of the queries (and of q-shaped arrays: o, dout, dq, lse)
+  kv_layout: str  # of the keys and values (and of dk, dv)
 
-  def shift(self, x, hops: int):
-    """x from the device `hops` places back along the ring (each array its own collective: one dtype each)."""
+  def shift(self, x: jax.Array, hops: int) -> jax.Array:
+    """x from the device `hops` places back along the ring: one array, one collective."""
     if hops % self.size == 0:
       return x
     perm = [(d, (d + hops) % self.size) for d in range(self.size)]
-    return jax.tree.map(lambda leaf: lax.ppermute(leaf, self.axis_name, perm), x)
+    return lax.ppermute(x, self.axis_name, perm)
 
   def schedule(self, seqlen: int, config: AttentionConfig) -> tuple[_Step, ...]:
-    return _schedule(self.size, self.layout, seqlen // _CHUNKS_PER_SHARD[self.layout], config)
+    return _schedule(self.size, self.layout, self.kv_layout, seqlen // _split(self.layout, self.kv_layout), config)
 
   def run(self, step: _Step, plan_fn, *operands):
     """plan_fn(plan, *operands) with this device's plan for `step`; a conditional when plans differ by device."""
@@ -284,6 +294,11 @@ def _take(x, span: tuple[int, int], axis: int = _SEQ_AXIS):
 
 def _put(x, update, span: tuple[int, int], axis: int = _SEQ_AXIS):
   return lax.dynamic_update_slice_in_dim(x, update, span[0], axis=axis)
+
+
+def _pair(a, b):
+  """[2, *a.shape]: two arrays of one shape and dtype as one, for one collective to move both."""
+  return jnp.stack([a, b])
 
 
 def _per_row(stat):
@@ -343,11 +358,15 @@ def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
   """
   seqlen = q.shape[_SEQ_AXIS]
   steps = ring.schedule(seqlen, _with_transfer_margin(config, ring))
+  # K and V travel as one array [2, B, S/N, Hk, D]: XLA keeps one collective-permute in flight at a time, so two
+  # transfers per step would run one of them synchronously, exposed.
+  travelling = _pair(k, v) if len(steps) > 1 else None
   held = (k, v)
   acc = None  # (o, lse) over the keys seen so far
   for i, step in enumerate(steps):
-    # Issue the next transfer first: it and this step's kernels depend only on `held`, so they overlap.
-    following = ring.shift(held, steps[i + 1].distance - step.distance) if i + 1 < len(steps) else None
+    # Issue the next transfer first: it and this step's kernels depend only on the held block, so they overlap.
+    if i + 1 < len(steps):
+      travelling = ring.shift(travelling, steps[i + 1].distance - step.distance)
     if acc is None and all(_covers_all_rows(plan, seqlen) for plan in step.plans):
       acc = ring.run(step, _first_plan, q, *held)
     else:
@@ -358,7 +377,8 @@ def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
       final = i + 1 == len(steps) and all(_rows_disjoint(plan) for plan in step.plans)
       o_acc, lse_acc = acc
       acc = ring.run(step, _forward_plan, q, *held, o_acc.astype(q.dtype if final else jnp.float32), lse_acc)
-    held = following
+    if i + 1 < len(steps):
+      held = (travelling[0], travelling[1])
   o, lse = acc
   return o.astype(q.dtype), lse
 
@@ -384,21 +404,26 @@ def _ring_backward(dout, q, k, v, o, lse, dlse, config: AttentionConfig, ring: _
   """dq, dk, dv of the local shards, from the cotangents of the global o and lse (local shards of them)."""
   dq_acc = jnp.zeros_like(q, dtype=jnp.float32)
   steps = ring.schedule(q.shape[_SEQ_AXIS], _with_transfer_margin(config, ring))
+  travelling = _pair(k, v) if len(steps) > 1 else None  # as in the forward: one transfer for K and V
   held = (k, v)
-  dkv = None  # float32 dK/dV accumulators of the held block; they travel with it
+  dkv = None  # [2, B, S/N, Hk, D] float32: the held block's dK, dV sums so far; they travel with it
   for i, step in enumerate(steps):
     hops = steps[i + 1].distance - step.distance if i + 1 < len(steps) else None
-    following = ring.shift(held, hops) if hops is not None else None
+    if hops is not None:
+      travelling = ring.shift(travelling, hops)
     dq_acc, dk, dv = ring.run(step, _backward_plan, dout, q, *held, o, lse, dlse, dq_acc)
-    dkv = (dk, dv) if dkv is None else (dkv[0] + dk, dkv[1] + dv)
-    if hops is None:
-      # After the last step the sums are complete: send them home to the block's owner in k's dtype (the
-      # rounding they get anyway, and half the bytes of float32 on the one transfer nothing overlaps).
-      dkv = ring.shift((dkv[0].astype(k.dtype), dkv[1].astype(v.dtype)), -step.distance)
-    else:
-      dkv = ring.shift(dkv, hops)  # the float32 accumulators travel on with the block
-    held = following
-  dk, dv = dkv
+    if dkv is not None:
+      dk, dv = dkv[0] + dk, dkv[1] + dv
+    if hops is not None:
+      dkv = ring.shift(_pair(dk, dv), hops)  # the float32 accumulators travel on with the block
+      held = (travelling[0], travelling[1])
+  dk, dv = dk.astype(k.dtype), dv.astype(v.dtype)
+  home = -steps[-1].distance
+  if home % ring.size:
+    # After the last step the sums are complete: send them home to the block's owner in k's dtype (the rounding
+    # they get anyway, and half the bytes of float32 on the one transfer nothing overlaps).
+    dkv = ring.shift(_pair(dk, dv), home)
+    dk, dv = dkv[0], dkv[1]
   return dq_acc.astype(q.dtype), dk, dv
 
 
@@ -452,7 +477,7 @@ def _make_ring(q, k, axis_name: Any, layout: Any, causal: bool) -> _Ring:
         f"layout {layout!r} splits each local shard into {chunks} chunks: the local seqlen must be a multiple of "
         f"{chunks}; got {q.shape[_SEQ_AXIS]}"
     )
-  return _Ring(axis_name, size, layout)
+  return _Ring(axis_name, size, layout, layout)
 
 
 def ring_attention(
@@ -544,24 +569,38 @@ def _zigzag_to_contiguous(x, ring: _Ring, axis: int):
   return jnp.concatenate(halves, axis=axis)
 
 
+# Largest ring on which the sharded entry points leave K/V contiguous under zigzag queries. The queries alone decide
+# each device's total work, so it stays balanced; but per step it is not, and a device waits for the block its
+# neighbour forwards at the start of that neighbour's step. With 2 devices both blocks leave at the start, so
+# nothing waits; with 4 and 8 a model of that dependency (each step's work in visible pairs) gives a 12% longer
+# ring than zigzag K/V, more than the K/V exchange that zigzag K/V costs.
+_MAX_RING_WITH_CONTIGUOUS_KV = 2
+
+
 def _sharded_ring(q, k, config: AttentionConfig, axis_name: AxisName) -> _Ring:
+  """The ring of the sharded entry points. The queries take the balanced layout (they decide each device's work);
+  on small rings K/V stay in the contiguous order the partitioner hands over, which spares their exchange into and
+  out of zigzag order (and dK, dV's on the way back): the schedule places each held K/V chunk where it lies."""
   if q.shape[_SEQ_AXIS] != k.shape[_SEQ_AXIS]:
     raise ValueError(
         f"ring attention over a sharded sequence needs q and k/v split alike: local seqlen of q "
         f"{q.shape[_SEQ_AXIS]}, of k and v {k.shape[_SEQ_AXIS]} (gather the sequence for cross-attention instead)"
     )
   size = _ring_size(axis_name)
-  return _Ring(axis_name, size, _sequence_layout(config, size, q.shape[_SEQ_AXIS]))
+  layout = _sequence_layout(config, size, q.shape[_SEQ_AXIS])
+  return _Ring(axis_name, size, layout, CONTIGUOUS if size <= _MAX_RING_WITH_CONTIGUOUS_KV else layout)
 
 
-def _into_layout(ring: _Ring, arrays: Sequence[jax.Array], axes: Sequence[int]):
-  if ring.layout == CONTIGUOUS:
+def _into_layout(layout: str, ring: _Ring, arrays: Sequence[jax.Array], axes: Sequence[int]):
+  """Local contiguous shards -> local shards in `layout`."""
+  if layout == CONTIGUOUS:
     return list(arrays)
   return [_contiguous_to_zigzag(x, ring, axis) for x, axis in zip(arrays, axes)]
 
 
-def _out_of_layout(ring: _Ring, arrays: Sequence[jax.Array], axes: Sequence[int]):
-  if ring.layout == CONTIGUOUS:
+def _out_of_layout(layout: str, ring: _Ring, arrays: Sequence[jax.Array], axes: Sequence[int]):
+  """Local shards in `layout` -> local contiguous shards."""
+  if layout == CONTIGUOUS:
     return list(arrays)
   return [_zigzag_to_contiguous(x, ring, axis) for x, axis in zip(arrays, axes)]
 
@@ -580,14 +619,15 @@ def sharded_forward(q, k, v, config: AttentionConfig, axis_name: AxisName):
   - `config` is the validated AttentionConfig of the call (diagonal_offset 0), in global positions.
   - Returns (o [B, S/N, Hq, D], lse [B, Hq, S/N] f32): the local shards of the global result, with the same
     sharding as q (o) and as q's sequence dimension on lse's last axis.
-  Causal attention without a left window bound is computed in the zigzag layout (shards are exchanged in and out
-  with two half-shard transfers each), so every device does the same work; anything else runs contiguously.
+  Causal attention without a left window bound computes its queries in the zigzag layout (q is exchanged in, o
+  and lse out, with two half-shard transfers each), so every device does the same work over the ring; K/V too on
+  rings of more than `_MAX_RING_WITH_CONTIGUOUS_KV` devices. Anything else runs contiguously.
   """
   ring = _sharded_ring(q, k, config, axis_name)
-  q, k, v = _into_layout(ring, (q, k, v), (_SEQ_AXIS,) * 3)
+  (q,) = _into_layout(ring.layout, ring, (q,), (_SEQ_AXIS,))
+  k, v = _into_layout(ring.kv_layout, ring, (k, v), (_SEQ_AXIS,) * 2)
   o, lse = _ring_forward(q, k, v, config, ring)
-  o, lse = _out_of_layout(ring, (o, lse), (_SEQ_AXIS, _LSE_SEQ_AXIS))
-  return o, lse
+  return tuple(_out_of_layout(ring.layout, ring, (o, lse), (_SEQ_AXIS, _LSE_SEQ_AXIS)))
 
 
 def sharded_backward(dout, q, k, v, o, lse, dlse, config: AttentionConfig, axis_name: AxisName):
@@ -598,8 +638,9 @@ def sharded_backward(dout, q, k, v, o, lse, dlse, config: AttentionConfig, axis_
   """
   ring = _sharded_ring(q, k, config, axis_name)
   seq, lse_seq = _SEQ_AXIS, _LSE_SEQ_AXIS
-  dout, q, k, v, o, lse, dlse = _into_layout(
-      ring, (dout, q, k, v, o, lse, dlse), (seq, seq, seq, seq, seq, lse_seq, lse_seq)
-  )
+  dout, q, o, lse, dlse = _into_layout(ring.layout, ring, (dout, q, o, lse, dlse), (seq, seq, seq, lse_seq, lse_seq))
+  k, v = _into_layout(ring.kv_layout, ring, (k, v), (seq, seq))
   dq, dk, dv = _ring_backward(dout, q, k, v, o, lse, dlse, config, ring)
-  return tuple(_out_of_layout(ring, (dq, dk, dv), (seq,) * 3))
+  (dq,) = _out_of_layout(ring.layout, ring, (dq,), (seq,))
+  dk, dv = _out_of_layout(ring.kv_layout, ring, (dk, dv), (seq, seq))
+  return dq, dk, dv

@@ -198,13 +198,19 @@ SHARDED_ENTRY_CASES = {
 }
 
 
+# Rings of all devices and of 2 (where the sharded entry points leave K/V contiguous under zigzag queries).
+SHARDED_RING_SIZES = sorted({NUM_DEVICES, 2})
+
+
+@pytest.mark.parametrize("ring_size", SHARDED_RING_SIZES)
 @pytest.mark.parametrize("name", SHARDED_ENTRY_CASES)
-def test_sharded_entry_points_on_contiguous_shards_equal_single_device(rng, name):
+def test_sharded_entry_points_on_contiguous_shards_equal_single_device(rng, name, ring_size):
   """What a sharding rule calls: the forward/backward custom calls on contiguous sequence shards."""
   case = SHARDED_ENTRY_CASES[name]
   q, k, v, dout, dlse = inputs = _global_inputs(rng, case)
   config = check_attention_args(q, k, v, softmax_scale=None, **case.kwargs())
-  mesh = _mesh((NUM_DEVICES,), ("sp",))
+  # The ring runs over "sp"; the other axis holds copies.
+  mesh = _mesh((NUM_DEVICES // ring_size, ring_size), ("copies", "sp"))
   spec, lse_spec = P(None, "sp"), P(None, None, "sp")
 
   def local(q, k, v, dout, dlse):

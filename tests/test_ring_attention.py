@@ -102,17 +102,25 @@ MASKS = {
 }
 
 
-@pytest.mark.parametrize("layout", ring.LAYOUTS)
+def _chunk(layout: str, kv_layout: str, seqlen: int) -> int:
+  return seqlen // (2 if ring.ZIGZAG in (layout, kv_layout) else 1)
+
+
+# (query layout, K/V layout): ring_attention's two, and the sharding rule's causal one (K/V left contiguous).
+LAYOUT_PAIRS = [(layout, layout) for layout in ring.LAYOUTS] + [(ring.ZIGZAG, ring.CONTIGUOUS)]
+
+
+@pytest.mark.parametrize("layout,kv_layout", LAYOUT_PAIRS)
 @pytest.mark.parametrize("mask", MASKS)
 @pytest.mark.parametrize("num_shards", [1, 2, 3, 5])
-def test_schedule_reproduces_the_global_mask_on_every_device_and_step(num_shards, mask, layout):
+def test_schedule_reproduces_the_global_mask_on_every_device_and_step(num_shards, mask, layout, kv_layout):
   config, seqlen = MASKS[mask], 8
-  steps = {step.distance: step for step in ring._schedule(num_shards, layout, seqlen // (2 if layout == "zigzag" else 1),
-                                                           config)}
+  steps = {step.distance: step
+           for step in ring._schedule(num_shards, layout, kv_layout, _chunk(layout, kv_layout, seqlen), config)}
   for device in range(num_shards):
     q_pos = _positions(num_shards, layout, seqlen, device)
     for distance in range(num_shards):
-      k_pos = _positions(num_shards, layout, seqlen, (device - distance) % num_shards)
+      k_pos = _positions(num_shards, kv_layout, seqlen, (device - distance) % num_shards)
       want = _global_visible(config, q_pos, k_pos)
       step = steps.get(distance)
       plan = step.plans[step.plan_of_device[device]] if step else ()
@@ -123,11 +131,12 @@ def test_schedule_reproduces_the_global_mask_on_every_device_and_step(num_shards
         assert plan == (), f"device {device} step {distance}: a fully masked step still runs {plan}"
 
 
-def _visible_pairs_per_device(num_shards: int, layout: str, config: AttentionConfig, seqlen: int):
+def _visible_pairs_per_device(num_shards: int, layout: str, config: AttentionConfig, seqlen: int,
+                              kv_layout: str | None = None):
   """[step, device] number of visible (query, key) pairs that device's plan computes."""
-  chunk = seqlen // (2 if layout == "zigzag" else 1)
+  kv_layout = layout if kv_layout is None else kv_layout
   work = np.zeros((num_shards, num_shards), dtype=int)
-  for step in ring._schedule(num_shards, layout, chunk, config):
+  for step in ring._schedule(num_shards, layout, kv_layout, _chunk(layout, kv_layout, seqlen), config):
     for device in range(num_shards):
       work[step.distance, device] = _plan_mask(step.plans[step.plan_of_device[device]], seqlen)[0].sum()
   return work
@@ -136,6 +145,12 @@ def _visible_pairs_per_device(num_shards: int, layout: str, config: AttentionCon
 def test_zigzag_gives_every_device_the_same_causal_work_at_every_step():
   work = _visible_pairs_per_device(8, "zigzag", MASKS["causal"], 16)
   assert np.all(work == work[:, :1]), work
+
+
+def test_zigzag_queries_over_contiguous_keys_give_every_device_the_same_causal_work_over_the_ring():
+  work = _visible_pairs_per_device(8, "zigzag", MASKS["causal"], 16, kv_layout="contiguous")
+  totals = work.sum(axis=0)
+  assert np.all(totals == totals[0]), work
 
 
 def test_contiguous_causal_skips_blocks_above_the_diagonal():
@@ -147,12 +162,12 @@ def test_contiguous_causal_skips_blocks_above_the_diagonal():
 
 def test_short_window_runs_only_the_ring_steps_it_spans():
   config = AttentionConfig(softmax_scale=1.0, causal=True, window_left=10)
-  steps = ring._schedule(8, "contiguous", 16, config)
+  steps = ring._schedule(8, "contiguous", "contiguous", 16, config)
   assert [s.distance for s in steps] == [0, 1]
 
 
 def test_noncausal_zigzag_runs_one_unmasked_kernel_call_per_step():
-  for step in ring._schedule(4, "zigzag", 8, MASKS["full"]):
+  for step in ring._schedule(4, "zigzag", "zigzag", 8, MASKS["full"]):
     assert len(step.plans) == 1 and len(step.plans[0]) == 1
     config = step.plans[0][0].config
     assert not config.causal and config.window_left == config.window_right == UNBOUNDED
