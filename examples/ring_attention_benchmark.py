@@ -19,7 +19,8 @@ For N devices and a per-device length L it reports, for forward and forward+back
   kernel,
 - with `--variant`, all of the above for the ring compiled with other XLA options or SM margins, e.g.
   `--variant memcpy:xla_gpu_use_memcpy_local_p2p=true sm8:sm_margin=8` (each LABEL:KEY=VALUE,...; sm_margin is
-  jax_flash.ring.TRANSFER_SM_MARGIN, any other key an XLA debug option passed to the compiler).
+  jax_flash.ring.TRANSFER_SM_MARGIN, any other key an XLA debug option passed to the compiler; a list value keeps
+  its commas: xla_gpu_enable_command_buffer=FUSION,CUSTOM_CALL,CONDITIONAL).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def parse_args():
                  help="also measure the ring built as LABEL:KEY=VALUE,... says: sm_margin=M (the SMs the Hopper "
                       "kernels leave to the transfers, jax_flash.ring.TRANSFER_SM_MARGIN) and XLA debug options, "
                       "e.g. xla_gpu_use_memcpy_local_p2p=true")
+  p.add_argument("--profile-variants", nargs="*", default=None,
+                 help="with --profile-dir, trace only these variants (labels; default: all)")
   p.add_argument("--jit-rule", action="store_true",
                  help="also time jax_flash.attention under jit on sequence-sharded arrays (the sharding rule)")
   args = p.parse_args()
@@ -80,7 +83,8 @@ def parse_variant(text: str):
   """'LABEL:KEY=VALUE,...' -> (label, SM margin, XLA compiler options)."""
   label, _, settings = text.partition(":")
   margin, options = jax_flash.ring.TRANSFER_SM_MARGIN, {}
-  for setting in filter(None, settings.split(",")):
+  # Settings are comma-separated; a value may itself hold commas (a list option): split only before "KEY=".
+  for setting in filter(None, re.split(r",(?=[\w.]+=)", settings)):
     key, sep, value = setting.partition("=")
     if not sep:
       raise argparse.ArgumentTypeError(f"variant {text!r}: {setting!r} is not KEY=VALUE")
@@ -330,8 +334,15 @@ def main():
       per_gpu_tflops = lambda fn, a: flops(total) / n / median_seconds(fn, *a, repeats=args.repeats) / 1e12
 
       single_tflops = flops(local) / median_seconds(single_call, *single_args, repeats=args.repeats) / 1e12
+      want = None if backward else np.asarray(jax.jit(single_fn)(q, k, v), np.float32)
+
+      def ring_error(compiled) -> str:
+        got = jax_flash.from_ring_layout(np.asarray(compiled(*ring_args), np.float32), n, layout)
+        return f"{np.linalg.norm(got - want) / np.linalg.norm(want):.2e}"
+
       ring_ratios, rule_ratios, default_ring = [], [], None
       for label, margin, options in args.variants:
+        traced = args.profile_dir and (args.profile_variants is None or label in args.profile_variants)
         compiled = compile_ring(mapped, mesh, out_specs, ring_args, margin, options)
         default_ring = default_ring or compiled
         ring_tflops = per_gpu_tflops(compiled, ring_args)
@@ -339,13 +350,14 @@ def main():
         if label == DEFAULT_VARIANT:
           default_tflops = ring_tflops
         text = compiled.as_text()
-        schedules[(name, causal, label)] = overlap_report(text) + [
-            f"{synchronous_permutes(text)} synchronous collective-permutes"]
+        schedules[f"{name} causal={causal} ring {label}"] = overlap_report(text) + [
+            f"{synchronous_permutes(text)} synchronous collective-permutes"] + (
+            [] if backward else [f"error against 1-GPU attention on the whole sequence {ring_error(compiled)}"])
         if args.hlo_dir:
           with open(os.path.join(args.hlo_dir, f"ring_{tag}_{label}.hlo"), "w") as f:
             f.write(text)
-        if args.profile_dir:
-          breakdowns[(name, causal, f"ring {label}")] = profile(
+        if traced:
+          breakdowns[f"{name} causal={causal} ring {label}"] = profile(
               compiled, ring_args, os.path.join(args.profile_dir, f"{tag}_{label}"), timeline=not backward)
         if args.jit_rule:
           rule = compile_rule(rule_fn, rule_args, margin, options)
@@ -353,35 +365,35 @@ def main():
           if args.hlo_dir:
             with open(os.path.join(args.hlo_dir, f"jit_{tag}_{label}.hlo"), "w") as f:
               f.write(rule.as_text())
-          if args.profile_dir:
-            breakdowns[(name, causal, f"jit {label}")] = profile(
+          if traced:
+            breakdowns[f"{name} causal={causal} jit {label}"] = profile(
                 rule, rule_args, os.path.join(args.profile_dir, f"jit_{tag}_{label}"), timeline=not backward)
       again = per_gpu_tflops(default_ring, ring_args) / single_tflops
       if args.profile_dir:
-        breakdowns[(name, causal, "1-GPU")] = profile(single_call, single_args,
+        breakdowns[f"{name} causal={causal} 1-GPU"] = profile(single_call, single_args,
                                                       os.path.join(args.profile_dir, f"{tag}_single"))
-      error = ""
-      if not backward:
-        got = jax_flash.from_ring_layout(np.asarray(default_ring(*ring_args), np.float32), n, layout)
-        want = np.asarray(jax.jit(single_fn)(q, k, v), np.float32)
-        error = f"{np.linalg.norm(got - want) / np.linalg.norm(want):.2e}"
+      error = "" if backward else ring_error(default_ring)
       cells = [name, str(causal), f"{single_tflops:.4g}", f"{default_tflops:.4g}"]
       cells += [f"{r:.2f}" for r in ring_ratios + rule_ratios + [again]]
       rows.append("  ".join(f"{c:>13}" for c in cells) + f"  {error:>9}")
-      print(rows[-1], flush=True)
+      # Printed as each configuration finishes, so that a run cut short still shows what it measured.
+      print("  ".join(f"{c:>13}" for c in columns) + f"  {'ring err':>9}")
+      print(rows[-1])
+      print("schedule of the ring's transfers (compiled HLO):")
+      for label, lines in schedules.items():
+        print(f"  {label}:")
+        for line in lines:
+          print(f"    {line}")
+      if breakdowns:
+        print(f"time per call from a profiler trace ({PROFILED_CALLS} calls):")
+        for label, lines in breakdowns.items():
+          print(f"  {label}:")
+          for line in lines:
+            print(f"    {line}")
+      print(flush=True)
+      schedules, breakdowns = {}, {}
 
-  print("\nschedule of the ring's transfers (compiled HLO):")
-  for (name, causal, label), lines in schedules.items():
-    print(f"  {name} causal={causal} ({label}):")
-    for line in lines:
-      print(f"    {line}")
-  if breakdowns:
-    print(f"\nkernel time per call from a profiler trace ({PROFILED_CALLS} calls):")
-    for (name, causal, label), lines in breakdowns.items():
-      print(f"  {name} causal={causal} {label}:")
-      for line in lines:
-        print(f"    {line}")
-  print("\nper-GPU throughput of the ring over the 1-GPU kernel (ratio columns):")
+  print("per-GPU throughput of the ring over the 1-GPU kernel (ratio columns):")
   print("  ".join(f"{c:>13}" for c in columns) + f"  {'ring err':>9}")
   for row in rows:
     print(row)
