@@ -242,6 +242,11 @@ def trace_breakdown(trace_dir: str, calls: int, timeline: bool) -> list[str]:
         f"{ms(_union_length(spans['other'])):.3f} ({len(spans['other']) // calls} launches: "
         + ", ".join(f"{name} {ms(t):.3f}" for name, t in costliest)
         + f"), idle {ms(last - first - busy):.3f}")
+    transfer = next((e for line in plane.lines if line.name.startswith("Stream") for e in line.events
+                     if TRANSFERS.search(e.name)), None)
+    if transfer is not None:  # its launch shape (the CTAs a transfer kernel holds), as the tracer recorded it
+      details = {str(k): str(v) for k, v in transfer.stats if "kernel" in str(k) or "memcpy" in str(k).lower()}
+      report.append(f"    transfer {transfer.name[:40]}: {details}"[:300])
     if timeline:
       # The middle call: its events lie in the middle third of the traced span (calls run back to back).
       third = (last - first) / calls
