@@ -46,8 +46,9 @@ KERNEL_TARGETS = ("jax_flash_fwd", "jax_flash_bwd")
 # Device kernels of jax_flash (sm90 forward/backward, sm80 forward/backward, pre/post-processing) and of NCCL.
 ATTENTION_KERNELS = re.compile(
     r"flash_fwd|flash_bwd|forward_kernel|backward_kernel|backward_preprocess|backward_postprocess")
-# Transfers: NCCL's kernels, or the copy engines' peer copies (XLA's memcpy path between GPUs of one process).
-TRANSFERS = re.compile(r"nccl|Memcpy(P2P|PtoP|DtoD|D2D)", re.IGNORECASE)
+# Transfers: NCCL's kernels, or the copy engines' peer-to-peer copies (XLA's memcpy path between GPUs of one
+# process, xla_gpu_use_memcpy_local_p2p). Device-to-device copies (MemcpyD2D) are local: "other".
+TRANSFERS = re.compile(r"nccl|Memcpy ?(P2P|PtoP)", re.IGNORECASE)
 CALLS_PER_SAMPLE = 4
 PROFILED_CALLS = 3
 OTHER_KERNELS_NAMED = 4  # the costliest non-attention, non-transfer kernels listed per trace

@@ -7,11 +7,18 @@ The backward rotates K/V again, recomputes each block's gradient from the GLOBAL
 that block's share), and carries float32 dK/dV accumulators around the ring back to their owners.
 
 Overlap. The next transfer is issued before the current block's kernel and neither depends on the other, so XLA
-schedules the transfer's collective-permute-start before the kernel and its done after it (it keeps one
-collective-permute in flight: of K and V, the second runs synchronously). Whether the GPU then runs transfer and
-kernel concurrently is up to the kernel: NCCL's transfer kernel needs SMs, and a persistent kernel that holds every
-SM (the Hopper forward) leaves it none until it ends (`examples/ring_attention_benchmark.py --profile-dir` prints
-the timeline).
+schedules the transfer's collective-permute-start before the kernel and its done after it, on a stream of its own.
+Two things keep transfer and kernel from running side by side (2 x H200 traces of
+`examples/ring_attention_benchmark.py --profile-dir`; README's ring section has the numbers):
+- XLA keeps one collective-permute in flight, so of K and V the second runs synchronously, exposed, unless XLA's
+  combiner merges the two into one collective. It does so up to `xla_gpu_collective_permute_combine_threshold_bytes`
+  of K plus V (30 MiB by default); raising it above one shard's K plus V (an XLA flag or compiler option) makes the
+  step one transfer.
+- NCCL's send/receive kernel runs 16 CTAs that cannot share an SM with a CTA of the persistent Hopper forward, and
+  it must run on both GPUs at once. Which of the two starts first varies from call to call. NCCL first: it holds
+  16 SMs for its ~0.27 ms, and the forward, whose unmasked tiles are split statically over its CTAs, ends about
+  that much later. The forward first: NCCL waits for the forward's CTAs to retire and runs mostly exposed. Leaving
+  SMs free (`TRANSFER_SM_MARGIN`) measured no faster.
 
 Masks. A device's shard is made of one chunk (contiguous layout) or two chunks (zigzag layout) of the global
 sequence. For each ring step, device and (query chunk, key chunk) pair, the global chunk positions decide at trace
@@ -54,9 +61,11 @@ _CHUNKS_PER_SHARD = {ZIGZAG: 2, CONTIGUOUS: 1}
 # Axes of the sequence dimension: q/k/v/o [B, S, H, D] and lse [B, H, S].
 _SEQ_AXIS = 1
 _LSE_SEQ_AXIS = 2
-# SMs the persistent Hopper forward leaves free during a ring step, for NCCL's K/V transfer to run beside it. On
-# 2 x H200 margins of 8 and 16 measured no faster than 0 (README's ring section; the ring benchmark's --sm-margins
-# compares them), so none is left until a measurement shows a gain.
+# SMs the persistent Hopper forward leaves free during a ring step, for NCCL's K/V transfer to run beside it. NCCL's
+# send/receive kernel takes 16 CTAs (640 threads, ~100 KB of shared memory each) that no forward CTA can share an SM
+# with: on 2 x H200 margins of 4 and 8 cannot host it and measured slower than 0, and 16 measured no faster (the
+# forward takes 10% longer on 116 SMs; README's ring section, the ring benchmark's --variant sm16:sm_margin=16), so
+# none is left.
 TRANSFER_SM_MARGIN = 0
 
 AxisName = Hashable | tuple[Hashable, ...]
@@ -270,12 +279,12 @@ class _Ring:
   layout: str  # of the queries (and of q-shaped arrays: o, dout, dq, lse)
   kv_layout: str  # of the keys and values (and of dk, dv)
 
-  def shift(self, x: jax.Array, hops: int) -> jax.Array:
-    """x from the device `hops` places back along the ring: one array, one collective."""
+  def shift(self, x, hops: int):
+    """x from the device `hops` places back along the ring (each array its own collective: one dtype each)."""
     if hops % self.size == 0:
       return x
     perm = [(d, (d + hops) % self.size) for d in range(self.size)]
-    return lax.ppermute(x, self.axis_name, perm)
+    return jax.tree.map(lambda leaf: lax.ppermute(leaf, self.axis_name, perm), x)
 
   def schedule(self, seqlen: int, config: AttentionConfig) -> tuple[_Step, ...]:
     return _schedule(self.size, self.layout, self.kv_layout, seqlen // _split(self.layout, self.kv_layout), config)
@@ -294,11 +303,6 @@ def _take(x, span: tuple[int, int], axis: int = _SEQ_AXIS):
 
 def _put(x, update, span: tuple[int, int], axis: int = _SEQ_AXIS):
   return lax.dynamic_update_slice_in_dim(x, update, span[0], axis=axis)
-
-
-def _pair(a, b):
-  """[2, *a.shape]: two arrays of one shape and dtype as one, for one collective to move both."""
-  return jnp.stack([a, b])
 
 
 def _per_row(stat):
@@ -358,15 +362,11 @@ def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
   """
   seqlen = q.shape[_SEQ_AXIS]
   steps = ring.schedule(seqlen, _with_transfer_margin(config, ring))
-  # K and V travel as one array [2, B, S/N, Hk, D]: XLA keeps one collective-permute in flight at a time, so two
-  # transfers per step would run one of them synchronously, exposed.
-  travelling = _pair(k, v) if len(steps) > 1 else None
   held = (k, v)
   acc = None  # (o, lse) over the keys seen so far
   for i, step in enumerate(steps):
-    # Issue the next transfer first: it and this step's kernels depend only on the held block, so they overlap.
-    if i + 1 < len(steps):
-      travelling = ring.shift(travelling, steps[i + 1].distance - step.distance)
+    # Issue the next transfer first: it and this step's kernels depend only on `held`, so they overlap.
+    following = ring.shift(held, steps[i + 1].distance - step.distance) if i + 1 < len(steps) else None
     if acc is None and all(_covers_all_rows(plan, seqlen) for plan in step.plans):
       acc = ring.run(step, _first_plan, q, *held)
     else:
@@ -377,8 +377,7 @@ def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
       final = i + 1 == len(steps) and all(_rows_disjoint(plan) for plan in step.plans)
       o_acc, lse_acc = acc
       acc = ring.run(step, _forward_plan, q, *held, o_acc.astype(q.dtype if final else jnp.float32), lse_acc)
-    if i + 1 < len(steps):
-      held = (travelling[0], travelling[1])
+    held = following
   o, lse = acc
   return o.astype(q.dtype), lse
 
@@ -404,26 +403,21 @@ def _ring_backward(dout, q, k, v, o, lse, dlse, config: AttentionConfig, ring: _
   """dq, dk, dv of the local shards, from the cotangents of the global o and lse (local shards of them)."""
   dq_acc = jnp.zeros_like(q, dtype=jnp.float32)
   steps = ring.schedule(q.shape[_SEQ_AXIS], _with_transfer_margin(config, ring))
-  travelling = _pair(k, v) if len(steps) > 1 else None  # as in the forward: one transfer for K and V
   held = (k, v)
-  dkv = None  # [2, B, S/N, Hk, D] float32: the held block's dK, dV sums so far; they travel with it
+  dkv = None  # float32 dK/dV accumulators of the held block; they travel with it
   for i, step in enumerate(steps):
     hops = steps[i + 1].distance - step.distance if i + 1 < len(steps) else None
-    if hops is not None:
-      travelling = ring.shift(travelling, hops)
+    following = ring.shift(held, hops) if hops is not None else None
     dq_acc, dk, dv = ring.run(step, _backward_plan, dout, q, *held, o, lse, dlse, dq_acc)
-    if dkv is not None:
-      dk, dv = dkv[0] + dk, dkv[1] + dv
-    if hops is not None:
-      dkv = ring.shift(_pair(dk, dv), hops)  # the float32 accumulators travel on with the block
-      held = (travelling[0], travelling[1])
-  dk, dv = dk.astype(k.dtype), dv.astype(v.dtype)
-  home = -steps[-1].distance
-  if home % ring.size:
-    # After the last step the sums are complete: send them home to the block's owner in k's dtype (the rounding
-    # they get anyway, and half the bytes of float32 on the one transfer nothing overlaps).
-    dkv = ring.shift(_pair(dk, dv), home)
-    dk, dv = dkv[0], dkv[1]
+    dkv = (dk, dv) if dkv is None else (dkv[0] + dk, dkv[1] + dv)
+    if hops is None:
+      # After the last step the sums are complete: send them home to the block's owner in k's dtype (the
+      # rounding they get anyway, and half the bytes of float32 on the one transfer nothing overlaps).
+      dkv = ring.shift((dkv[0].astype(k.dtype), dkv[1].astype(v.dtype)), -step.distance)
+    else:
+      dkv = ring.shift(dkv, hops)  # the float32 accumulators travel on with the block
+    held = following
+  dk, dv = dkv
   return dq_acc.astype(q.dtype), dk, dv
 
 
