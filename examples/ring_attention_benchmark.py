@@ -17,15 +17,17 @@ For N devices and a per-device length L it reports, for forward and forward+back
   transfers (NCCL kernels, or peer copies where XLA copies between local GPUs), in other kernels (merges, slices,
   casts; the costliest named) and idle, and how much of the transfer time ran at the same time as an attention
   kernel,
-- with `--variant`, all of the above for the ring compiled with other XLA options or SM margins, e.g.
-  `--variant memcpy:xla_gpu_use_memcpy_local_p2p=true sm8:sm_margin=8` (each LABEL:KEY=VALUE,...; sm_margin is
-  jax_flash.ring.TRANSFER_SM_MARGIN, any other key an XLA debug option passed to the compiler; a list value keeps
-  its commas: xla_gpu_enable_command_buffer=FUSION,CUSTOM_CALL,CONDITIONAL).
+- with `--variant`, all of the above for the ring compiled with other XLA options or ring settings, e.g.
+  `--variant memcpy:xla_gpu_use_memcpy_local_p2p=true sm8:sm_margin=8 static:dynamic_schedule=false` (each
+  LABEL:KEY=VALUE,...; sm_margin is jax_flash.ring.TRANSFER_SM_MARGIN, dynamic_schedule is
+  jax_flash.ring.TRANSFER_DYNAMIC_SCHEDULE, any other key an XLA debug option passed to the compiler; a list value
+  keeps its commas: xla_gpu_enable_command_buffer=FUSION,CUSTOM_CALL,CONDITIONAL).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import re
@@ -53,7 +55,8 @@ CALLS_PER_SAMPLE = 4
 PROFILED_CALLS = 3
 OTHER_KERNELS_NAMED = 4  # the costliest non-attention, non-transfer kernels listed per trace
 DEFAULT_VARIANT = "default"
-SM_MARGIN_KEY = "sm_margin"
+# Variant keys that set a jax_flash.ring constant (while the ring is traced) rather than an XLA option.
+RING_SETTINGS = {"sm_margin": "TRANSFER_SM_MARGIN", "dynamic_schedule": "TRANSFER_DYNAMIC_SCHEDULE"}
 
 
 def parse_args():
@@ -69,32 +72,46 @@ def parse_args():
   p.add_argument("--profile-dir", default=None, help="trace each ring here and report its kernel time breakdown")
   p.add_argument("--variant", type=parse_variant, nargs="*", default=[],
                  help="also measure the ring built as LABEL:KEY=VALUE,... says: sm_margin=M (the SMs the Hopper "
-                      "kernels leave to the transfers, jax_flash.ring.TRANSFER_SM_MARGIN) and XLA debug options, "
+                      "kernels leave to the transfers, jax_flash.ring.TRANSFER_SM_MARGIN), dynamic_schedule=BOOL "
+                      "(jax_flash.ring.TRANSFER_DYNAMIC_SCHEDULE) and XLA debug options, "
                       "e.g. xla_gpu_use_memcpy_local_p2p=true")
   p.add_argument("--profile-variants", nargs="*", default=None,
                  help="with --profile-dir, trace only these variants (labels; default: all)")
   p.add_argument("--jit-rule", action="store_true",
                  help="also time jax_flash.attention under jit on sequence-sharded arrays (the sharding rule)")
   args = p.parse_args()
-  args.variants = [(DEFAULT_VARIANT, jax_flash.ring.TRANSFER_SM_MARGIN, {})] + args.variant
+  args.variants = [(DEFAULT_VARIANT, {}, {})] + args.variant
   return args
 
 
 def parse_variant(text: str):
-  """'LABEL:KEY=VALUE,...' -> (label, SM margin, XLA compiler options)."""
+  """'LABEL:KEY=VALUE,...' -> (label, jax_flash.ring constants to set, XLA compiler options)."""
   label, _, settings = text.partition(":")
-  margin, options = jax_flash.ring.TRANSFER_SM_MARGIN, {}
+  ring_settings, options = {}, {}
   # Settings are comma-separated; a value may itself hold commas (a list option): split only before "KEY=".
   for setting in filter(None, re.split(r",(?=[\w.]+=)", settings)):
     key, sep, value = setting.partition("=")
     if not sep:
       raise argparse.ArgumentTypeError(f"variant {text!r}: {setting!r} is not KEY=VALUE")
     parsed = {"true": True, "false": False}.get(value.lower(), int(value) if value.lstrip("-").isdigit() else value)
-    if key == SM_MARGIN_KEY:
-      margin = parsed
+    if key in RING_SETTINGS:
+      ring_settings[RING_SETTINGS[key]] = parsed
     else:
       options[key] = parsed
-  return label, margin, options
+  return label, ring_settings, options
+
+
+@contextlib.contextmanager
+def ring_constants(settings: dict):
+  """Sets jax_flash.ring constants (e.g. TRANSFER_SM_MARGIN) while a ring is traced, then restores them."""
+  saved = {name: getattr(jax_flash.ring, name) for name in settings}
+  for name, value in settings.items():
+    setattr(jax_flash.ring, name, value)
+  try:
+    yield
+  finally:
+    for name, value in saved.items():
+      setattr(jax_flash.ring, name, value)
 
 
 def median_seconds(fn, *args, repeats: int) -> float:
@@ -271,27 +288,19 @@ def profile(fn, args, trace_dir: str, timeline: bool = False) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def compile_ring(mapped, mesh, out_specs, ring_args, margin: int, options: dict):
-  """The ring under shard_map, traced with `margin` SMs left to the transfers and compiled with `options`."""
-  default = jax_flash.ring.TRANSFER_SM_MARGIN
-  jax_flash.ring.TRANSFER_SM_MARGIN = margin
-  try:
+def compile_ring(mapped, mesh, out_specs, ring_args, ring_settings: dict, options: dict):
+  """The ring under shard_map, traced with `ring_settings` (jax_flash.ring constants) and compiled with `options`."""
+  with ring_constants(ring_settings):
     spec = P(None, AXIS)
     call = jax.jit(jax.shard_map(lambda *xs: mapped(*xs), mesh=mesh, in_specs=(spec,) * len(ring_args),
                                  out_specs=out_specs))
     return call.lower(*ring_args).compile(compiler_options=options or None)
-  finally:
-    jax_flash.ring.TRANSFER_SM_MARGIN = default
 
 
-def compile_rule(fn, rule_args, margin: int, options: dict):
+def compile_rule(fn, rule_args, ring_settings: dict, options: dict):
   """jax_flash.attention under jit on sequence-sharded arrays (the sharding rule's ring), built likewise."""
-  default = jax_flash.ring.TRANSFER_SM_MARGIN
-  jax_flash.ring.TRANSFER_SM_MARGIN = margin
-  try:
+  with ring_constants(ring_settings):
     return jax.jit(fn).lower(*rule_args).compile(compiler_options=options or None)
-  finally:
-    jax_flash.ring.TRANSFER_SM_MARGIN = default
 
 
 def main():
@@ -347,9 +356,9 @@ def main():
         return f"{np.linalg.norm(got - want) / np.linalg.norm(want):.2e}"
 
       ring_tflops, ring_ratios, rule_ratios, rings = [], [], [], []
-      for label, margin, options in args.variants:
+      for label, ring_settings, options in args.variants:
         traced = args.profile_dir and (args.profile_variants is None or label in args.profile_variants)
-        compiled = compile_ring(mapped, mesh, out_specs, ring_args, margin, options)
+        compiled = compile_ring(mapped, mesh, out_specs, ring_args, ring_settings, options)
         rings.append(compiled)
         ring_tflops.append(per_gpu_tflops(compiled, ring_args))
         ring_ratios.append(ring_tflops[-1] / single_tflops)
@@ -364,7 +373,7 @@ def main():
           breakdowns[f"{name} causal={causal} ring {label}"] = profile(
               compiled, ring_args, os.path.join(args.profile_dir, f"{tag}_{label}"), timeline=not backward)
         if args.jit_rule:
-          rule = compile_rule(rule_fn, rule_args, margin, options)
+          rule = compile_rule(rule_fn, rule_args, ring_settings, options)
           rule_ratios.append(per_gpu_tflops(rule, rule_args) / single_tflops)
           if args.hlo_dir:
             with open(os.path.join(args.hlo_dir, f"jit_{tag}_{label}.hlo"), "w") as f:

@@ -24,6 +24,9 @@ class AttentionConfig:
       identical from run to run (slower); by default they add in whatever order the key blocks finish.
     sm_margin: internal: streaming multiprocessors the persistent GPU kernels leave idle, so that a collective
       running beside them (ring attention's K/V transfer) gets SMs. Ignored on the CPU.
+    dynamic_schedule: internal: persistent GPU kernels take their tiles from an atomic counter instead of a fixed
+      stride, so that when a collective running beside them holds some SMs, the CTAs that start first do the work
+      of those that start late. Ignored on the CPU.
   """
 
   softmax_scale: float
@@ -34,6 +37,7 @@ class AttentionConfig:
   diagonal_offset: int = 0
   deterministic: bool = False
   sm_margin: int = 0
+  dynamic_schedule: bool = False
 
   @property
   def effective_window_right(self) -> int:

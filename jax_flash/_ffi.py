@@ -90,6 +90,7 @@ def _attrs(config: AttentionConfig) -> dict[str, object]:
       diagonal_offset=np.int64(config.diagonal_offset),
       deterministic=bool(config.deterministic),
       sm_margin=np.int64(config.sm_margin),
+      dynamic_schedule=bool(config.dynamic_schedule),
   )
 
 

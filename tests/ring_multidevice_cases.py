@@ -271,8 +271,9 @@ def test_sharded_entry_points_run_inside_custom_partitioning_without_gathering(r
     assert "all-gather" not in hlo and "collective-permute" in hlo
 
 
-def test_ring_kernels_leave_sms_for_the_transfers(rng, monkeypatch):
-  """Inside the ring every forward and backward kernel call carries the SM margin for NCCL; attention does not."""
+def test_ring_kernels_are_set_up_to_run_beside_the_transfers(rng, monkeypatch):
+  """Inside the ring every kernel call carries the SM margin for NCCL and the dynamic tile schedule; attention
+  outside a ring has neither."""
   margin = 8  # not the default, so that the margin is seen to travel from ring.py into every call
   monkeypatch.setattr(ring, "TRANSFER_SM_MARGIN", margin)
   case = Case(causal=True)
@@ -289,6 +290,8 @@ def test_ring_kernels_leave_sms_for_the_transfers(rng, monkeypatch):
   ring_hlo = mapped.lower(*sharded).compile().as_text()
   margins = set(re.findall(r"sm_margin = (\d+)", ring_hlo))
   assert margins == {str(margin)}, margins
+  assert set(re.findall(r"dynamic_schedule = (\w+)", ring_hlo)) == {"true"}
   assert ring_hlo.count(_ffi.FWD_TARGET) >= 1 and ring_hlo.count(_ffi.BWD_TARGET) >= 1
   single_hlo = jax.jit(lambda q, k, v: jax_flash.attention(q, k, v, causal=True)).lower(q, k, v).compile().as_text()
   assert set(re.findall(r"sm_margin = (\d+)", single_hlo)) == {"0"}
+  assert set(re.findall(r"dynamic_schedule = (\w+)", single_hlo)) == {"false"}

@@ -231,6 +231,25 @@ def test_backward_writes_every_output_element(dtype, rng):
     assert not np.any(np.isnan(np.asarray(g, dtype=np.float32))), f"{name} has unwritten (NaN) elements"
 
 
+@pytest.mark.parametrize("head_dim", BUILT_HEAD_DIMS)
+@pytest.mark.parametrize("sm_margin", (0, 16))
+def test_forward_with_dynamic_schedule_equals_static_schedule(head_dim, sm_margin, rng):
+  """Ring attention's settings (tiles from a counter, SMs left free) change which CTA computes a tile, not its
+  result: o and lse are bitwise those of the default schedule, and match the float64 reference."""
+  case = Case(3, 1000, 777, 8, 2, head_dim)  # more tiles than SMs, partial last tiles, GQA
+  q, k, v = random_qkv(rng, case.batch, case.seqlen_q, case.seqlen_k, case.heads_q, case.heads_k, case.head_dim,
+                       jnp.bfloat16)
+  static = AttentionConfig(softmax_scale=head_dim**-0.5)
+  dynamic = dataclasses.replace(static, dynamic_schedule=True, sm_margin=sm_margin)
+  o_static, lse_static = jax.jit(lambda q, k, v: _ffi.forward(q, k, v, static))(q, k, v)
+  o, lse = jax.jit(lambda q, k, v: _ffi.forward(q, k, v, dynamic))(q, k, v)
+  assert np.array_equal(np.asarray(o, np.float32), np.asarray(o_static, np.float32)), "o depends on the schedule"
+  assert np.array_equal(np.asarray(lse), np.asarray(lse_static)), "lse depends on the schedule"
+  o_ref, lse_ref = ref.forward(*_reference_inputs(q, k, v), **case.kwargs)
+  assert_close(o, o_ref, jnp.bfloat16, "o")
+  assert_lse_matches(lse, lse_ref, atol=LSE_ATOL)
+
+
 # --- repeatability ------------------------------------------------------------------------------------------------
 
 

@@ -27,6 +27,9 @@ struct MaskAttrs {
   // Streaming multiprocessors a persistent GPU kernel leaves idle, so that a collective running beside it (ring
   // attention's K/V transfer) gets SMs instead of waiting for the kernel to end. Ignored on the CPU.
   int64_t sm_margin;
+  // Persistent GPU kernels take tiles from an atomic counter instead of a fixed stride, so that CTAs that start late
+  // (SMs held by a collective running beside them) do not hold back the kernel's end. Ignored on the CPU.
+  bool dynamic_schedule;
 };
 
 template <typename Buffer>
@@ -143,4 +146,5 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(jax_flash::ffi_args::MaskAttrs,
                                       xla::ffi::StructMember<float>("softcap"),
                                       xla::ffi::StructMember<int64_t>("diagonal_offset"),
                                       xla::ffi::StructMember<bool>("deterministic"),
-                                      xla::ffi::StructMember<int64_t>("sm_margin"));
+                                      xla::ffi::StructMember<int64_t>("sm_margin"),
+                                      xla::ffi::StructMember<bool>("dynamic_schedule"));

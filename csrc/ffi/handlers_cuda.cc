@@ -91,7 +91,7 @@ int persistent_grid_sms(const cuda::DeviceInfo& device, int64_t sm_margin) {
 // `launched` says whether it did (else the caller runs the sm80 kernels).
 ffi::Error try_forward_sm90(cudaStream_t stream, const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
                             const ffi::AnyBuffer& v, ffi::AnyBuffer& o, ffi::Buffer<ffi::F32>& lse,
-                            ffi::Buffer<ffi::S32>& workspace, const AttentionParams& p, int64_t sm_margin,
+                            ffi::Buffer<ffi::S32>& workspace, const AttentionParams& p, const MaskAttrs& attrs,
                             bool& launched) {
   launched = false;
   cuda::DeviceInfo device;
@@ -103,7 +103,8 @@ ffi::Error try_forward_sm90(cudaStream_t stream, const ffi::AnyBuffer& q, const 
     return ffi_args::invalid("the forward workspace is smaller than the Hopper kernel needs");
   if (cudaError_t err = sm90::run_flash_fwd_sm90(p, dtype, q.untyped_data(), k.untyped_data(), v.untyped_data(),
                                                  o.untyped_data(), lse.typed_data(), workspace.typed_data(),
-                                                 persistent_grid_sms(device, sm_margin), stream))
+                                                 persistent_grid_sms(device, attrs.sm_margin), stream,
+                                                 attrs.dynamic_schedule))
     return cuda_error("launching the Hopper forward kernel", err);
   launched = true;
   return ffi::Error::Success();
@@ -135,7 +136,7 @@ ffi::Error forward_cuda(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
   if (launch.has_error()) return launch.error();
 #ifdef JAX_FLASH_WITH_SM90
   bool launched = false;
-  if (auto err = try_forward_sm90(stream, q, k, v, *o, *lse, *workspace, p, attrs.sm_margin, launched);
+  if (auto err = try_forward_sm90(stream, q, k, v, *o, *lse, *workspace, p, attrs, launched);
       err.failure())
     return err;
   if (launched) return ffi::Error::Success();

@@ -8,13 +8,14 @@
 
 namespace jax_flash::sm90 {
 
-// Causal or sliding-window problems have tiles of unequal work and use the dynamic (longest-first) scheduler,
-// which needs the tile counter.
+// Causal or sliding-window problems have tiles of unequal work and always use the dynamic (longest-first)
+// scheduler, which needs the tile counter.
 inline bool has_window(const AttentionParams& p) {
   return p.window_left != kUnbounded || p.window_right != kUnbounded;
 }
 
-// `tile_counter`: one int of device memory, used (and reset on `stream`) only when has_window(p).
+// `tile_counter`: null for the static schedule (CTA i takes tiles i, i + grid, ...); else one int of device memory
+// (reset on `stream`) from which CTAs take tiles dynamically, longest first.
 template <class Traits>
 cudaError_t launch_flash_fwd(const AttentionParams& p, const void* q, const void* k, const void* v, void* o,
                              float* lse, int* tile_counter, int num_sms, cudaStream_t stream);

@@ -51,7 +51,7 @@ cudaError_t launch_flash_fwd(const AttentionParams& p, const void* q, const void
   const int num_m_blocks = int((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM);
   const int num_head_batches = int(p.batch * p.heads_q);
   const int total_tiles = num_m_blocks * num_head_batches;
-  const bool dynamic = has_window(p);
+  const bool dynamic = tile_counter != nullptr;
   // Longest-first runs over sections of head-batch pairs whose K/V fit the L2 budget (whole GQA groups).
   const int64_t kv_head_bytes = 2 * sk * p.head_dim * int64_t(sizeof(Element));
   const int64_t kv_heads_per_section = std::max<int64_t>(1, kSchedulerL2Bytes / kv_head_bytes);

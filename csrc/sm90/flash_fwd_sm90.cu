@@ -86,17 +86,19 @@ bool flash_fwd_sm90_supports(const AttentionParams& p, DType dtype) {
   return (p.seqlen_q + kSmallestBlockM - 1) / kSmallestBlockM * p.heads_q * p.batch <= kMaxInt32;
 }
 
-size_t flash_fwd_sm90_workspace_bytes(const AttentionParams& p) {
+size_t flash_fwd_sm90_workspace_bytes(const AttentionParams&) {
   // One int tile counter, padded to a 16-byte slot.
   constexpr size_t kCounterSlotBytes = 16;
-  return has_window(p) ? kCounterSlotBytes : 0;
+  return kCounterSlotBytes;
 }
 
 cudaError_t run_flash_fwd_sm90(const AttentionParams& p, DType dtype, const void* q, const void* k, const void* v,
-                               void* o, float* lse, void* workspace, int num_sms, cudaStream_t stream) {
+                               void* o, float* lse, void* workspace, int num_sms, cudaStream_t stream,
+                               bool dynamic_schedule) {
   if (!flash_fwd_sm90_supports(p, dtype) || num_sms <= 0) return cudaErrorInvalidValue;
-  if (has_window(p) && workspace == nullptr) return cudaErrorInvalidValue;
-  int* tile_counter = static_cast<int*>(workspace);
+  const bool dynamic = has_window(p) || dynamic_schedule;
+  if (dynamic && workspace == nullptr) return cudaErrorInvalidValue;
+  int* tile_counter = dynamic ? static_cast<int*>(workspace) : nullptr;
   if (dtype == DType::kBFloat16)
     return launch_dtype<cutlass::bfloat16_t>(p, q, k, v, o, lse, tile_counter, num_sms, stream);
   return launch_dtype<cutlass::half_t>(p, q, k, v, o, lse, tile_counter, num_sms, stream);

@@ -21,14 +21,18 @@ enum class DType { kFloat16, kBFloat16 };
 // descriptors. The caller falls back to another kernel (or reports an error) when this is false.
 bool flash_fwd_sm90_supports(const AttentionParams& p, DType dtype);
 
-// Device scratch the launch needs: a tile counter for the persistent scheduler of masked (causal/window)
-// problems. Pass a buffer of at least this many bytes (16-byte aligned) as `workspace`; it may be uninitialised,
-// the launch resets it on `stream`. Zero bytes means `workspace` may be null.
+// Device scratch the launch needs: the tile counter of the dynamic schedule (masked problems, or
+// `dynamic_schedule`). Pass a buffer of at least this many bytes (16-byte aligned) as `workspace`; it may be
+// uninitialised, the launch resets it on `stream` when it uses it.
 size_t flash_fwd_sm90_workspace_bytes(const AttentionParams& p);
 
-// Enqueues the forward on `stream`. Allocates nothing and never synchronises. `num_sms` is the device's
-// multiprocessor count (the persistent grid size). q/k/v/o must be 16-byte aligned. Returns the launch status.
+// Enqueues the forward on `stream`. Allocates nothing and never synchronises. `num_sms` is the persistent grid size
+// (the device's multiprocessor count, less any left to concurrent work). `dynamic_schedule` makes CTAs take tiles
+// from a counter even when all tiles have equal work (masked problems always do), so that CTAs that start late
+// (SMs held by a concurrent kernel) leave their share to the others. q/k/v/o must be 16-byte aligned. Returns the
+// launch status.
 cudaError_t run_flash_fwd_sm90(const AttentionParams& p, DType dtype, const void* q, const void* k, const void* v,
-                               void* o, float* lse, void* workspace, int num_sms, cudaStream_t stream);
+                               void* o, float* lse, void* workspace, int num_sms, cudaStream_t stream,
+                               bool dynamic_schedule = false);
 
 }  // namespace jax_flash::sm90

@@ -26,7 +26,9 @@ cudaError_t launch(const AttentionParams& p, const void* q, const void* k, const
 template <class Traits>
 cudaError_t launch_tile(const AttentionParams& p, const void* q, const void* k, const void* v, void* o, float* lse,
                         int* tile_counter, int num_sms) {
-  return jax_flash::sm90::launch_flash_fwd<Traits>(p, q, k, v, o, lse, tile_counter, num_sms, nullptr);
+  // The library's schedule: dynamic (the counter) only for masked problems.
+  int* counter = jax_flash::sm90::has_window(p) ? tile_counter : nullptr;
+  return jax_flash::sm90::launch_flash_fwd<Traits>(p, q, k, v, o, lse, counter, num_sms, nullptr);
 }
 
 }  // namespace

@@ -18,8 +18,11 @@ using Bf16 = cutlass::bfloat16_t;
 template <int kTile>
 cudaError_t launch_tile(const AttentionParams& p, const void* q, const void* k, const void* v, void* o, float* lse,
                         int* tile_counter, int num_sms, cudaStream_t stream) {
-  return jax_flash::sm90::with_tuned_config<Bf16, kTile>(p, jax_flash::sm90::has_window(p), [&](auto traits) {
-    return jax_flash::sm90::launch_flash_fwd<decltype(traits)>(p, q, k, v, o, lse, tile_counter, num_sms, stream);
+  // The library's schedule: dynamic (the counter) only for masked problems.
+  const bool masked = jax_flash::sm90::has_window(p);
+  int* counter = masked ? tile_counter : nullptr;
+  return jax_flash::sm90::with_tuned_config<Bf16, kTile>(p, masked, [&](auto traits) {
+    return jax_flash::sm90::launch_flash_fwd<decltype(traits)>(p, q, k, v, o, lse, counter, num_sms, stream);
   });
 }
 
