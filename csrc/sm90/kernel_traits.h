@@ -29,10 +29,8 @@ constexpr int kSwizzleAlignment = 1024;
 
 // kPingPong: consumer warpgroups take turns on the tensor cores (named barriers), so one's softmax runs under the
 // other's GEMMs. kIntraWarpgroupOverlap: issue S = Q K^T of block j+1 and O += P V of block j together and do the
-// softmax of block j+1 while O += P V runs. kExp2Fma: exponentials per group of softmax.h's kExp2Group columns
-// computed on the FMA pipe rather than the MUFU (exp2_fma.h).
-template <class Element_, int kHeadDim_, int kBlockM_, int kBlockN_, bool kPingPong_, bool kIntraWarpgroupOverlap_,
-          int kExp2Fma_ = 0>
+// softmax of block j+1 while O += P V runs.
+template <class Element_, int kHeadDim_, int kBlockM_, int kBlockN_, bool kPingPong_, bool kIntraWarpgroupOverlap_>
 struct FwdKernelTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -40,7 +38,6 @@ struct FwdKernelTraits {
   static constexpr int kBlockN = kBlockN_;
   static constexpr bool kPingPong = kPingPong_;
   static constexpr bool kIntraWarpgroupOverlap = kIntraWarpgroupOverlap_;
-  static constexpr int kExp2Fma = kExp2Fma_;
   // K and V each have their own pipeline of this many shared-memory stages.
   static constexpr int kStages = 2;
   // With large head dims O is 128 registers a thread: rescale it while S = Q K^T of the next block runs, rather

@@ -34,7 +34,7 @@ struct MainloopMma {
   static constexpr int kNumMmaWarpgroups = Traits::kNumMmaWarpgroups;
   // A thread holds two rows (r, r + 8) of its warpgroup's 64-row accumulators.
   static constexpr int kRowsPerThread = 2;
-  using Softmax = OnlineSoftmax<kRowsPerThread, Traits::kExp2Fma>;
+  using Softmax = OnlineSoftmax<kRowsPerThread>;
   static constexpr uint32_t kTurnThreads = 2 * kWarpgroupThreads;  // the warpgroup waiting + the one passing
 
   const int warpgroup;  // 0 .. kNumMmaWarpgroups - 1

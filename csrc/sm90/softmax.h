@@ -16,7 +16,6 @@
 
 #include <cute/tensor.hpp>
 
-#include "sm90/exp2_fma.h"
 #include "sm90/fragments.h"
 
 namespace jax_flash::sm90 {
@@ -64,13 +63,8 @@ __device__ __forceinline__ void apply_softcap(Frag& scores, float prescale) {
   for (int i = 0; i < size(scores); ++i) scores(i) = fast_tanh(scores(i) * prescale);
 }
 
-// Columns are exponentiated in groups of kExp2Group: the first kExp2Fma of each group on the FMA pipe
-// (exp2_fma.h), the rest with MUFU.EX2, to balance the two pipes.
-constexpr int kExp2Group = 8;
-
-template <int kRows, int kExp2Fma = 0>
+template <int kRows>
 struct OnlineSoftmax {
-  static_assert(kExp2Fma >= 0 && kExp2Fma <= kExp2Group);
   float row_max[kRows];
   float row_sum[kRows];  // this thread's columns only, until finalize()
   const float scale_log2;
@@ -175,8 +169,7 @@ struct OnlineSoftmax {
       const float offset = finite_max(m) * scale_log2;
       CUTE_UNROLL
       for (int n = 0; n < size<1>(s); ++n) {
-        const float x = s(m, n) * scale_log2 - offset;
-        s(m, n) = n % kExp2Group < kExp2Fma ? exp2_fma(x) : fast_exp2(x);
+        s(m, n) = fast_exp2(s(m, n) * scale_log2 - offset);
         row_sum[m] += s(m, n);
       }
     }
