@@ -1,5 +1,5 @@
-// Epilogue of one query tile: O (registers, fp32) -> 16-bit -> shared memory (stmatrix, into V's bytes from stage
-// o_stage on, Traits::kOStages) -> global memory with one TMA store, which clips rows past Sq and columns past the head dim; lse straight from registers.
+// Epilogue of one query tile: O (registers, fp32) -> 16-bit -> shared memory (stmatrix, into V's bytes) -> global
+// memory with one TMA store, which clips rows past Sq and columns past the head dim; lse straight from registers.
 // Tiles whose rows see no key get o = 0 and lse = -inf with plain stores.
 #pragma once
 
@@ -33,16 +33,15 @@ struct Epilogue {
 
   template <class Params, class FragO, int kRows>
   __device__ __forceinline__ void store(const Params& params, SharedStorage& smem, const FragO& tOrO,
-                                        const float (&lse)[kRows], const TileCoord& coord, int mma_thread_idx,
-                                        int o_stage) const {
+                                        const float (&lse)[kRows], const TileCoord& coord,
+                                        int mma_thread_idx) const {
     typename Traits::TiledMmaPV mma_pv;
     Tensor tOrO_out = make_tensor_like<Element>(tOrO);
     convert_fragment(tOrO, tOrO_out);
 
     // O reuses V's bytes: every consumer must have finished its last O += P V.
     named_barrier_sync(kNumMmaThreads, barrier_id(NamedBarrier::kEpilogueSmemFree));
-    Tensor sO = make_tensor(make_smem_ptr(smem.tensors.mainloop.v.data() + o_stage * Traits::kVStageElements),
-                            typename Traits::SmemLayoutO{});
+    Tensor sO = make_tensor(make_smem_ptr(smem.tensors.o.data()), typename Traits::SmemLayoutO{});
     auto smem_copy_o = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_pv);
     auto thr_copy_o = smem_copy_o.get_thread_slice(mma_thread_idx);
     copy(smem_copy_o, thr_copy_o.retile_S(tOrO_out), thr_copy_o.partition_D(sO));
@@ -62,7 +61,7 @@ struct Epilogue {
         copy(params.tma_o, cta_tma_o.partition_S(sO), cta_tma_o.partition_D(gO));
         tma_store_arrive();
         tma_store_wait<0>();  // the store has read O out of shared memory
-        for (int i = 0; i < Traits::kOStages; ++i) cutlass::arch::ClusterBarrier::arrive(&smem.o_read[o_stage + i]);
+        cutlass::arch::ClusterBarrier::arrive(&smem.o_read);
       }
       __syncwarp();
     }

@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     Pipeline::init(smem.pipeline_k, Traits::kNumMmaWarps);
     Pipeline::init(smem.pipeline_v, Traits::kNumMmaWarps);
     cutlass::arch::ClusterTransactionBarrier::init(&smem.q_full, 1);
-    for (int s = 0; s < Traits::kStages; ++s) cutlass::arch::ClusterBarrier::init(&smem.o_read[s], 1);
+    cutlass::arch::ClusterBarrier::init(&smem.o_read, 1);
   }
   cutlass::arch::fence_barrier_init();
   __syncthreads();
@@ -47,14 +47,14 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   const Pipeline pipe_k{&smem.pipeline_k};
   const Pipeline pipe_v{&smem.pipeline_v};
   State st;
+  int work_idx = 0;
 
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
     if (warp != 0) return;
     const MainloopLoad<Traits> load;
-    OStageTracker<Traits> o_stages;
     for (int tile = scheduler.initial_tile(); scheduler.valid(tile);) {
-      const int prefetched = load.load_tile(params, smem, pipe_k, pipe_v, st, o_stages, tile, scheduler.coord(tile),
+      const int prefetched = load.load_tile(params, smem, pipe_k, pipe_v, st, work_idx, tile, scheduler.coord(tile),
                                             scheduler);
       tile = scheduler.producer_next(prefetched);
     }
@@ -65,7 +65,6 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     const Epilogue<Traits> epilogue;
     mainloop.init();
     scheduler.consumer_init();
-    int work_idx = 0;  // tiles with visible keys so far: the parity of the Q barrier
     for (int tile = scheduler.initial_tile(); scheduler.valid(tile);) {
       const TileCoord coord = scheduler.coord(tile);
       Tensor tOrO = partition_fragment_C(typename Traits::TiledMmaPV{}, select<0, 1>(typename Traits::TileShapePV{}));
@@ -75,9 +74,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       // Claim the next tile before the epilogue, so the producer can start loading it meanwhile.
       tile = scheduler.consumer_next(tile);
       if (has_keys) {
-        // run() left `st` one past the stage of the tile's last V block.
-        const int last_v_stage = (st.index + Traits::kStages - 1) % Traits::kStages;
-        epilogue.store(params, smem, tOrO, lse, coord, mma_thread_idx, Traits::o_first_stage(last_v_stage));
+        epilogue.store(params, smem, tOrO, lse, coord, mma_thread_idx);
       } else {
         epilogue.store_zero(params, coord, mma_thread_idx);
       }

@@ -87,35 +87,26 @@ struct FwdKernelTraits {
 
   using Pipeline = TmaPipeline<kStages>;
 
-  // Elements of one V stage (the stage mode of SmemLayoutVt is outermost).
-  static constexpr int kVStageElements = kBlockN * kHeadDim;
-  // The epilogue's O tile reuses V's bytes. Where it fits in one stage, it goes into the stage of the tile's last
-  // V block, so that the next tile's first V (the other stage) loads without waiting for O's TMA store; otherwise
-  // it covers every stage from the first.
-  static constexpr int kOStages = cosize_v<SmemLayoutO> <= kVStageElements ? 1 : kStages;
-  static_assert(cosize_v<SmemLayoutO> <= kOStages * kVStageElements, "the O tile must fit in V's bytes");
-  // First of the kOStages stages O occupies, for a tile whose last V block was in stage last_v_stage.
-  __host__ __device__ static constexpr int o_first_stage(int last_v_stage) { return kOStages == 1 ? last_v_stage : 0; }
-
   struct SharedStorage {
-    struct Tensors {
+    union Tensors {
       struct Mainloop {
-        // V first: the epilogue's O tile reuses V's bytes (see kOStages).
+        // V first: the epilogue's O tile reuses V's bytes once the last O += P V of a tile has completed.
         cute::array_aligned<Element, cosize_v<SmemLayoutVt>, kSwizzleAlignment> v;
         cute::array_aligned<Element, cosize_v<SmemLayoutQ>, kSwizzleAlignment> q;
         cute::array_aligned<Element, cosize_v<SmemLayoutK>, kSwizzleAlignment> k;
       } mainloop;
+      cute::array_aligned<Element, cosize_v<SmemLayoutO>, kSwizzleAlignment> o;
     } tensors;
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
     // Q of the current tile has landed (TMA transaction barrier, one arrival: the producer).
     uint64_t q_full;
-    // o_read[s]: the epilogue's TMA store has read an O tile out of V's stage s, so the stage may be overwritten
-    // (one arrival; see OStageTracker in mainloop_load.h).
-    uint64_t o_read[kStages];
+    // The epilogue's TMA store has read O out of shared memory, so V's bytes may be overwritten (one arrival).
+    uint64_t o_read;
     // The next tile index, handed from the producer warp to the consumers by the dynamic scheduler.
     int next_tile;
   };
+  static_assert(cosize_v<SmemLayoutO> <= cosize_v<SmemLayoutVt>, "the O tile must fit in V's bytes");
 
   static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
   static constexpr uint32_t kTmaBytesK = kBlockN * kHeadDim * sizeof(Element);

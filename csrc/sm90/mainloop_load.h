@@ -1,9 +1,9 @@
 // Producer: one warp loads a tile's Q once and its K and V blocks, last key block first, into the shared-memory
 // pipelines with TMA (out-of-range rows and head-dim columns arrive as zeros).
 //
-// Order per tile: K(last); Q once the consumers released the previous Q; then V, each V block waiting only if its
-// stage still holds an unread O tile (O reuses V's bytes, o_stage_tracker.h). With the intra-warpgroup overlap the
-// consumers need K(j - 1) before V(j), so V trails K by one block; otherwise K(j) and V(j) go together.
+// Order per tile: K(last); Q once the consumers released the previous Q; then, once the previous tile's O has
+// left shared memory (it reuses V's bytes), V. With the intra-warpgroup overlap the consumers need K(j - 1)
+// before V(j), so V trails K by one block; otherwise K(j) and V(j) go together.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -12,7 +12,6 @@
 #include "common/mask.h"
 #include "sm90/kernel_traits.h"
 #include "sm90/named_barriers.h"
-#include "sm90/o_stage_tracker.h"
 #include "sm90/score_mask.h"
 #include "sm90/tile_scheduler.h"
 
@@ -31,11 +30,12 @@ struct MainloopLoad {
   static constexpr int kHeadDim = Traits::kHeadDim;
 
   // Loads one tile; returns the scheduler's prefetched next tile (claimed while V is still loading).
-  // `st` and `o_stages` advance only for tiles with visible keys, as on the consumer side.
+  // `st` and `work_idx` (tiles loaded so far, the parity of the Q and O barriers) advance only for tiles with
+  // visible keys, as on the consumer side.
   template <class Params, class Scheduler>
   __device__ __forceinline__ int load_tile(const Params& params, SharedStorage& smem, const Pipeline& pipe_k,
-                                           const Pipeline& pipe_v, State& st, OStageTracker<Traits>& o_stages,
-                                           int tile, const TileCoord& coord, const Scheduler& scheduler) const {
+                                           const Pipeline& pipe_v, State& st, int& work_idx, int tile,
+                                           const TileCoord& coord, const Scheduler& scheduler) const {
     const ScoreMask<kBlockM, kBlockN> mask(params.attn, coord.m_block);
     const IndexRange blocks = mask.key_blocks();
     if (blocks.empty()) return scheduler.producer_prefetch(tile);
@@ -75,7 +75,6 @@ struct MainloopLoad {
     };
     auto load_v = [&](int n_block, const State& s) {
       pipe_v.producer_wait(s);
-      o_stages.wait_read(smem, s.index);
       if (leader) {
         copy(params.tma_v.with(pipe_v.producer_arm(s, Traits::kTmaBytesV), 0, kKeep), tVgV(_, n_block),
              tVsV(_, s.index));
@@ -92,6 +91,7 @@ struct MainloopLoad {
       copy(params.tma_q.with(smem.q_full, 0, kStream), tQgQ, tQsQ);
     }
 
+    cutlass::arch::ClusterBarrier::wait(&smem.o_read, (work_idx + 1) & 1);
     if constexpr (!Traits::kIntraWarpgroupOverlap) load_v(n_block, st);
     for (--n_block; n_block >= int(blocks.begin); --n_block) {
       const State st_v = st;
@@ -105,8 +105,8 @@ struct MainloopLoad {
     }
     const int next = scheduler.producer_prefetch(tile);
     if constexpr (Traits::kIntraWarpgroupOverlap) load_v(int(blocks.begin), st);
-    o_stages.mark_written(smem, st.index);
     st.advance();
+    ++work_idx;
     __syncwarp();
     return next;
   }
