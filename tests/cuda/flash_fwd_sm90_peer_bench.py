@@ -7,9 +7,12 @@ library per build) so that several versions and the peer are timed in the same r
   python3 flash_fwd_sm90_peer_bench.py bench LABEL=lib.so ...   FlashAttention-3 paper grid vs cuDNN (TFLOP/s)
   python3 flash_fwd_sm90_peer_bench.py profile lib.so D SEQLEN CAUSAL LAUNCHES   a few launches for ncu
 
+HEAD_DIMS="64 128" restricts check and bench to the head dims that run in those tiles (builds of some tiles only,
+build_sm90_test.sh HEAD_DIMS=...).
+
 Grid: batch x seqlen = 16k tokens, heads x head_dim = 2048, bf16, random normal inputs. TFLOP/s counts
 4 B H S^2 D (halved when causal). Each method is timed as 5 batches of 10 back-to-back launches with CUDA events,
-in two rounds that alternate the methods; the median batch is reported.
+in BENCH_ROUNDS rounds (default 2) that alternate the methods in a rotated order; the median batch is reported.
 """
 
 import ctypes
@@ -23,10 +26,20 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 TOKENS, MODEL_DIM = 16384, 2048
-BATCHES, LAUNCHES, ROUNDS = 5, 10, 2
+BATCHES, LAUNCHES = 5, 10
+# Rounds over the methods, each in a rotated order (BENCH_ROUNDS=8 for differences of a few percent: with 2 rounds
+# in a fixed order short shapes read up to 10% apart between runs on an H200).
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 MAX_REL_ERROR_BF16 = 1e-2
 MAX_LSE_ERROR = 2e-3
 UNBOUNDED = -1
+HEAD_DIM_TILES = (64, 128, 256)
+BUILT_TILES = tuple(int(d) for d in os.environ.get("HEAD_DIMS", " ".join(map(str, HEAD_DIM_TILES))).split())
+
+
+def built(d):
+    """Whether head dim d runs in a tile of this build (the smallest tile that holds it)."""
+    return min(t for t in HEAD_DIM_TILES if d <= t) in BUILT_TILES
 
 
 class Kernel:
@@ -97,7 +110,7 @@ def run_check(kernels):
     worst = {}
     for label, kernel in kernels.items():
         worst_rel, worst_lse, cases = 0.0, 0.0, 0
-        for d in (64, 128, 256, 40, 96, 200):
+        for d in filter(built, (64, 128, 256, 40, 96, 200)):
             for sq, sk in shapes:
                 for name, mask in MASKS.items():
                     b, hk, g = 2, 2, 2 if (sq + d) % 2 else 1
@@ -157,7 +170,7 @@ def run_bench(kernels, out_json):
     rows = []
     print(f"{'D':>4} {'seqlen':>6} {'causal':>6} " + " ".join(f"{l:>9}" for l in labels) + "  ratios to cuDNN; rel err",
           flush=True)
-    for d in (64, 128, 256):
+    for d in filter(built, HEAD_DIM_TILES):
         for s in (512, 1024, 2048, 4096, 8192, 16384):
             for causal in (False, True):
                 b, h = TOKENS // s, MODEL_DIM // d
@@ -185,8 +198,8 @@ def run_bench(kernels, out_json):
                     launches[label]()
                     errs[label] = float((outs[label][0].float() - ref).norm() / ref.norm())
                 times = {label: [] for label in labels}
-                for _ in range(ROUNDS):
-                    for label in labels:
+                for r in range(ROUNDS):
+                    for label in labels[r % len(labels):] + labels[:r % len(labels)]:
                         times[label] += time_ms(launches[label])
                 flops = 4.0 * b * h * s * s * d / (2 if causal else 1)
                 tflops = {label: flops / (median(times[label]) * 1e-3) / 1e12 for label in labels}
