@@ -368,7 +368,10 @@ def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
   whose calls merge each row once writes q's dtype directly (o is rounded once, as a final cast would).
   """
   seqlen = q.shape[_SEQ_AXIS]
-  steps = ring.schedule(seqlen, _with_transfer_margin(config, ring))
+  # The kernels of every step but the last run while the next K/V transfer is in flight, and leave it room; the
+  # last step's have the GPU to themselves.
+  beside_transfer = ring.schedule(seqlen, _with_transfer_margin(config, ring))
+  steps = beside_transfer[:-1] + ring.schedule(seqlen, config)[-1:]
   held = (k, v)
   acc = None  # (o, lse) over the keys seen so far
   for i, step in enumerate(steps):
