@@ -3,8 +3,9 @@
 //   S^T  = K Q^T,  dP^T = V dO^T                     (wgmma, both operands from shared memory)
 //   P^T  = exp2(score * scale_log2 - lse_log2)        (score = S, or tanh(S * prescale) with a softcap), masked to 0
 //   dS^T = P^T * (dP^T - softmax_d) [* (1 - tanh^2)]  (the gradient of q.k up to the factor softmax_scale)
-//   dV  += P^T dO,  dK += dS^T Q                      (wgmma, P^T and dS^T from registers)
+//   dV  += P^T dO                                     (wgmma, P^T from registers)
 //   dQ   = dS K                                       (wgmma; dS through shared memory, both warpgroups' halves)
+//   dK  += dS^T Q                                     (wgmma, dS^T from registers)
 // and hands dQ (float32, through shared memory) to the dQ warp. dK and dV stay in registers for the whole CTA.
 #pragma once
 
@@ -159,6 +160,7 @@ struct BwdMainloop {
       cutlass::arch::fence_view_async_shared();
       named_barrier_sync(Traits::kNumMmaThreads, barrier_id(BwdNamedBarrier::kDsFull));
       warpgroup_gemm<-1>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, /*zero_init=*/true);
+      // Waits for dV and dQ; dK stays in flight.
       warpgroup_gemm<1>(mma_dkv, tdSrdS_as_a, tdKrQt(_, _, _, st.index), tdKrdK, /*zero_init=*/false);
       warpgroup_fence_operand(tdVrdV);
       warpgroup_fence_operand(tdQrdQ);
