@@ -19,7 +19,8 @@
 
 namespace jax_flash::sm90 {
 
-template <class Traits>
+// kSoftcap: params.has_softcap, as a compile-time variant of the consumers' step.
+template <class Traits, bool kSoftcap>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     flash_bwd_kernel(const __grid_constant__ BwdParams<Traits> params) {
   using SharedStorage = typename Traits::SharedStorage;
@@ -65,7 +66,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     clear(tdKrdK);
     clear(tdVrdV);
     const BwdMainloop<Traits> mainloop{warpgroup - 1, mma_thread_idx};
-    mainloop.run(params, smem, pipe, work, tdKrdK, tdVrdV);
+    mainloop.template run<kSoftcap>(params, smem, pipe, work, tdKrdK, tdVrdV);
     BwdEpilogue<Traits>{}.store(params, smem, work, tdKrdK, tdVrdV, mma_thread_idx);
   }
 }

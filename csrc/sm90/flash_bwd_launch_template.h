@@ -75,7 +75,7 @@ cudaError_t launch_flash_bwd(const AttentionParams& p, const BwdBuffers& b, int 
         p.softmax_scale,
         num_n_blocks,
     };
-    auto kernel = flash_bwd_kernel<Traits>;
+    auto kernel = has_softcap ? flash_bwd_kernel<Traits, true> : flash_bwd_kernel<Traits, false>;
     constexpr int kSmemBytes = int(sizeof(typename Traits::SharedStorage));
     if (cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes))
       return err;

@@ -3,8 +3,9 @@
 //   S^T  = K Q^T,  dP^T = V dO^T                     (wgmma, both operands from shared memory)
 //   P^T  = exp2(score * scale_log2 - lse_log2)        (score = S, or tanh(S * prescale) with a softcap), masked to 0
 //   dS^T = P^T * (dP^T - softmax_d) [* (1 - tanh^2)]  (the gradient of q.k up to the factor softmax_scale)
-//   dV  += P^T dO,  dK += dS^T Q                      (wgmma, P^T and dS^T from registers)
+//   dV  += P^T dO                                     (wgmma, P^T from registers)
 //   dQ   = dS K                                       (wgmma; dS through shared memory, both warpgroups' halves)
+//   dK  += dS^T Q                                     (wgmma, dS^T from registers)
 // and hands dQ (float32, through shared memory) to the dQ warp. dK and dV stay in registers for the whole CTA.
 #pragma once
 
@@ -36,8 +37,10 @@ struct BwdMainloop {
   const int warpgroup;       // 0 .. kNumMmaWarpgroups - 1
   const int mma_thread_idx;  // 0 .. kNumMmaThreads - 1
 
-  // Accumulates this thread's part of dK (without the factor softmax_scale) and dV over the CTA's walk.
-  template <class Params, class Work, class FragKV>
+  // Accumulates this thread's part of dK (without the factor softmax_scale) and dV over the CTA's walk. kSoftcap
+  // (params.has_softcap) is a template parameter: as a runtime test the compiler predicates both paths and issues
+  // them every step, and two loops in one kernel spill.
+  template <bool kSoftcap, class Params, class Work, class FragKV>
   __device__ __forceinline__ void run(const Params& params, SharedStorage& smem, const Pipeline& pipe,
                                       const Work& work, FragKV& tdKrdK, FragKV& tdVrdV) const {
     typename Traits::TiledMmaSdP mma_sdp;
@@ -58,7 +61,10 @@ struct BwdMainloop {
     Tensor sdOt = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQt{});
     Tensor sdS = make_tensor(make_smem_ptr(smem.ds.data()), typename Traits::SmemLayoutdS{});
     Tensor sdSt = make_tensor(make_smem_ptr(smem.ds.data()), typename Traits::SmemLayoutdSt{});
-    Tensor sdQ = make_tensor(make_smem_ptr(smem.dq.data()), typename Traits::SmemLayoutdQ{});
+    // Swizzled on the offset rather than on the address bits, so that the dQ stores stay shared-memory stores
+    // (the address-bit form turns them into generic 64-bit stores).
+    Tensor sdQ = as_position_independent_swizzle_tensor(
+        make_tensor(make_smem_ptr(smem.dq.data()), typename Traits::SmemLayoutdQ{}));
 
     // wgmma operands (descriptors) of this warpgroup.
     Tensor tSrK = wg_mma_sdp.partition_fragment_A(sK);      // this warpgroup's 64 keys
@@ -95,7 +101,10 @@ struct BwdMainloop {
     const KeyBlockMask<kBlockM, kBlockN> mask(params.attn, work.n_block);
 
     cutlass::arch::ClusterTransactionBarrier::wait(&smem.kv_full, 0);
+    // dK += dS^T Q of step i runs on the tensor cores under the dQ handoff of step i and is waited for only once
+    // S and dP of step i + 1 are issued behind it; its Q stage is released then.
     State st;
+    State previous;
     for (int i = 0; i < work.iterations; ++i) {
       const int m_block = work.m_block(i);
       const int ds_stage = i % Traits::kDsStages;
@@ -104,16 +113,19 @@ struct BwdMainloop {
       warpgroup_gemm<-1>(mma_sdp, tSrV, tSrdO(_, _, _, st.index), tdPrdP, /*zero_init=*/true);
       const float* lse_log2 = smem.lse_log2[st.index];
       const float* softmax_d = smem.softmax_d[st.index];
-      // S -> P while dP^T is still being computed (with a softcap, S -> tanh first: dS needs it).
+      // S -> P while dP^T is still being computed (with a softcap, S -> tanh first: dS needs it). Groups complete
+      // in order, so the previous step's dK is done too.
       warpgroup_wait<1>();
+      warpgroup_fence_operand(tdKrdK);
       warpgroup_fence_operand(tSrS);
+      if (i > 0) pipe.consumer_release(previous);
       CUTE_UNROLL
       for (int n = 0; n < size<1>(s); ++n) {
         const float row_lse = lse_log2[get<1>(c(_0{}, n))];
         CUTE_UNROLL
         for (int m = 0; m < size<0>(s); ++m) {
-          s(m, n) = params.has_softcap ? fast_tanh(s(m, n) * params.softcap_prescale)
-                                       : fast_exp2(s(m, n) * params.scale_log2 - row_lse);
+          s(m, n) = kSoftcap ? fast_tanh(s(m, n) * params.softcap_prescale)
+                             : fast_exp2(s(m, n) * params.scale_log2 - row_lse);
         }
       }
       warpgroup_wait<0>();
@@ -127,7 +139,7 @@ struct BwdMainloop {
         CUTE_UNROLL
         for (int m = 0; m < size<0>(s); ++m) {
           float grad = dp(m, n) - row_d;
-          if (params.has_softcap) {
+          if constexpr (kSoftcap) {
             const float t = s(m, n);
             grad *= 1.f - t * t;
             s(m, n) = fast_exp2(t * params.scale_log2 - row_lse);
@@ -141,26 +153,28 @@ struct BwdMainloop {
       convert_fragment(tSrS, tPrP);
       convert_fragment(tdPrdP, tdSrdS);
 
-      warpgroup_gemm<-1>(mma_dkv, tPrP_as_a, tdVrdOt(_, _, _, st.index), tdVrdV, /*zero_init=*/false);
+      // dS^T to shared memory before anything else: dQ = dS K of both warpgroups waits for it.
       copy(smem_copy_ds, tdSr_copy, tdSs_copy(_, _, _, ds_stage));
-      warpgroup_gemm<-1>(mma_dkv, tdSrdS_as_a, tdKrQt(_, _, _, st.index), tdKrdK, /*zero_init=*/false);
+      warpgroup_gemm<-1>(mma_dkv, tPrP_as_a, tdVrdOt(_, _, _, st.index), tdVrdV, /*zero_init=*/false);
       // dS is read by the other warpgroup's wgmma (async proxy) too.
       cutlass::arch::fence_view_async_shared();
       named_barrier_sync(Traits::kNumMmaThreads, barrier_id(BwdNamedBarrier::kDsFull));
       warpgroup_gemm<-1>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, /*zero_init=*/true);
-      warpgroup_wait<1>();  // dV and dK done: the Q stage may be refilled
+      // Waits for dV and dQ; dK stays in flight.
+      warpgroup_gemm<1>(mma_dkv, tdSrdS_as_a, tdKrQt(_, _, _, st.index), tdKrdK, /*zero_init=*/false);
       warpgroup_fence_operand(tdVrdV);
-      warpgroup_fence_operand(tdKrdK);
-      pipe.consumer_release(st);
-      warpgroup_wait<0>();
       warpgroup_fence_operand(tdQrdQ);
 
       named_barrier_sync(kDqHandoffThreads, barrier_id(BwdNamedBarrier::kDqEmpty));
       copy(tdQrdQ, tdQsdQ);
       cutlass::arch::fence_view_async_shared();  // visible to the TMA reduce-add (async proxy)
       named_barrier_arrive(kDqHandoffThreads, barrier_id(BwdNamedBarrier::kDqFull));
+      previous = st;
       st.advance();
     }
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tdKrdK);
+    if (work.iterations > 0) pipe.consumer_release(previous);
   }
 };
 

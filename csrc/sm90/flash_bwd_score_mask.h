@@ -21,11 +21,28 @@ struct KeyBlockMask {
   const AttentionParams& p;
   IndexRange keys;  // the keys of this block that exist (the block may run past Sk)
   int64_t first_key;
+  // Query blocks [unmasked_begin, unmasked_end) whose rows (those below Sq) all see every key of this block,
+  // computed once per CTA so that the per-step test is two 32-bit compares.
+  int unmasked_begin, unmasked_end;
 
   __device__ __forceinline__ KeyBlockMask(const AttentionParams& params, int n_block)
       : p(params),
         keys{int64_t(n_block) * kBlockN, jf_min(int64_t(n_block + 1) * kBlockN, params.seqlen_k)},
-        first_key(int64_t(n_block) * kBlockN) {}
+        first_key(int64_t(n_block) * kBlockN) {
+    // A row sees every key of a whole block iff it sees the block's first and its last key; the rows that see one
+    // key form an interval, so those that see both are the intersection of two intervals. A block running past Sk
+    // needs the mask everywhere.
+    const int64_t last_key = first_key + kBlockN - 1;
+    const IndexRange rows_first = visible_queries(p, IndexRange{first_key, first_key + 1});
+    const IndexRange rows_last = visible_queries(p, IndexRange{last_key, last_key + 1});
+    const int64_t rows_begin = rows_last.begin;
+    const int64_t rows_end = jf_min(rows_first.end, rows_last.end);
+    const bool whole = last_key < p.seqlen_k && rows_begin < rows_end;
+    unmasked_begin = whole ? int((rows_begin + kBlockM - 1) / kBlockM) : 0;
+    // The last query block may run past Sq: its existing rows are what counts.
+    unmasked_end = !whole ? 0 : rows_end >= p.seqlen_q ? int((p.seqlen_q + kBlockM - 1) / kBlockM)
+                                                       : int(rows_end / kBlockM);
+  }
 
   // Query blocks [begin, end) holding at least one row that sees a key of this block.
   __device__ __forceinline__ IndexRange query_blocks() const {
@@ -37,8 +54,7 @@ struct KeyBlockMask {
 
   // False when every row of query block m_block that exists sees every key of this (whole, in-range) block.
   __device__ __forceinline__ bool needs_mask(int m_block) const {
-    const IndexRange rows{int64_t(m_block) * kBlockM, jf_min(int64_t(m_block + 1) * kBlockM, p.seqlen_q)};
-    return !block_fully_visible(p, rows, {first_key, first_key + kBlockN});
+    return m_block < unmasked_begin || m_block >= unmasked_end;
   }
 
   // values_t: this thread's accumulator fragment of a [kBlockN, kBlockM] tile of S^T or P^T; thr_mma: its slice of

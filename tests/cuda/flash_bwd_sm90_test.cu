@@ -5,6 +5,7 @@
 //   flash_bwd_sm90_test quick   the small cases of the sweep (for compute-sanitizer memcheck)
 //   flash_bwd_sm90_test tiny    three cases (for compute-sanitizer racecheck)
 //   flash_bwd_sm90_test bench   backward TFLOP/s (2.5 x forward FLOPs) on the FlashAttention-3 paper grid, bf16
+//   flash_bwd_sm90_test bench D S C   only head dim D, seqlen S, causal C (0/1) of that grid (for ncu)
 // Exit status 0 only if every check passed.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -14,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -422,14 +424,19 @@ float median_ms(const std::function<cudaError_t()>& launch, int batches, int lau
 }
 
 // Backward TFLOP/s on the FlashAttention-3 grid: batch x seqlen = 16k tokens, heads x head_dim = 2048, bf16.
-// Inputs are constant-filled (timing does not depend on values); lse = 0 keeps every P finite.
-int run_bench() {
+// Inputs are constant-filled (timing does not depend on values); lse = 0 keeps every P finite. only_d, only_seqlen
+// and only_causal (0 or 1), where >= 0, restrict the grid to one head dim, sequence length or mask (for profilers).
+int run_bench(int64_t only_d, int64_t only_seqlen, int only_causal) {
   constexpr int64_t kTokens = 16384, kModelDim = 2048;
   constexpr int kBatches = 5, kLaunchesPerBatch = 10;
   const int sms = num_sms();
   for (int64_t d : {64, 128}) {
     for (int64_t s : {512, 1024, 2048, 4096, 8192, 16384}) {
       for (bool causal : {false, true}) {
+        if ((only_d >= 0 && d != only_d) || (only_seqlen >= 0 && s != only_seqlen) ||
+            (only_causal >= 0 && int(causal) != only_causal)) {
+          continue;
+        }
         AttentionParams p = make_params(kTokens / s, s, s, kModelDim / d, kModelDim / d, d);
         if (causal) p.window_right = 0;
         const size_t nq = size_t(p.batch * s * p.heads_q * d), nstats = size_t(p.batch * p.heads_q * s);
@@ -468,7 +475,10 @@ int main(int argc, char** argv) {
   if (mode == "check") return run_checks(false) == 0 ? 0 : 1;
   if (mode == "quick") return run_checks(true) == 0 ? 0 : 1;
   if (mode == "tiny") return run_tiny() == 0 ? 0 : 1;
-  if (mode == "bench") return run_bench();
-  std::fprintf(stderr, "usage: %s check|quick|tiny|bench\n", argv[0]);
+  if (mode == "bench") {
+    auto arg = [&](int i) { return argc > i ? std::atoll(argv[i]) : -1; };
+    return run_bench(arg(2), arg(3), int(arg(4)));
+  }
+  std::fprintf(stderr, "usage: %s check|quick|tiny|bench [head_dim seqlen causal(0/1)]\n", argv[0]);
   return 2;
 }
