@@ -6,6 +6,9 @@
 //   dV  += P^T dO,  dK += dS^T Q                      (wgmma, P^T and dS^T from registers)
 //   dQ   = dS K                                       (wgmma; dS through shared memory, both warpgroups' halves)
 // and hands dQ (float32, through shared memory) to the dQ warp. dK and dV stay in registers for the whole CTA.
+// When the warpgroups split the head dim of dK and dV (Traits::kDkvSplitsHeadDim), each owns half the queries of
+// S^T and dP^T instead, P^T goes to shared memory too, and the dK/dV GEMMs are the transposes
+//   dV^T += dO^T P,  dK^T += Q^T dS                   (wgmma, all operands from shared memory)
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -22,6 +25,17 @@
 namespace jax_flash::sm90 {
 
 using namespace cute;
+
+// The dK/dV GEMMs take dO^T and Q^T as operand B (P^T, dS^T from registers as A), or as operand A when the
+// warpgroups split the head dim (P, dS from shared memory as B).
+template <bool kAsA, class WarpgroupMma, class SmemTensor>
+__device__ __forceinline__ auto partition_dkv_operand(const WarpgroupMma& wg_mma, const SmemTensor& smem) {
+  if constexpr (kAsA) {
+    return wg_mma.partition_fragment_A(smem);
+  } else {
+    return wg_mma.partition_fragment_B(smem);
+  }
+}
 
 template <class Traits>
 struct BwdMainloop {
@@ -65,8 +79,9 @@ struct BwdMainloop {
     Tensor tSrV = wg_mma_sdp.partition_fragment_A(sV);
     Tensor tSrQ = wg_mma_sdp.partition_fragment_B(sQ);      // (MMA, MMA_N, MMA_K, stage)
     Tensor tSrdO = wg_mma_sdp.partition_fragment_B(sdO);
-    Tensor tdVrdOt = wg_mma_dkv.partition_fragment_B(sdOt);  // (MMA, MMA_N, MMA_K, stage)
-    Tensor tdKrQt = wg_mma_dkv.partition_fragment_B(sQt);
+    constexpr bool kSplit = Traits::kDkvSplitsHeadDim;
+    Tensor tdVrdOt = partition_dkv_operand<kSplit>(wg_mma_dkv, sdOt);  // (MMA, MMA_N or MMA_M, MMA_K, stage)
+    Tensor tdKrQt = partition_dkv_operand<kSplit>(wg_mma_dkv, sQt);
     Tensor tdQrdS = wg_mma_dq.partition_fragment_A(sdS);    // (MMA, MMA_M, MMA_K, ds stage)
     Tensor tdQrKt = wg_mma_dq.partition_fragment_B(sKt);
 
@@ -86,6 +101,8 @@ struct BwdMainloop {
     auto thr_copy_ds = smem_copy_ds.get_thread_slice(mma_thread_idx);
     Tensor tdSr_copy = thr_copy_ds.retile_S(tdSrdS);
     Tensor tdSs_copy = thr_copy_ds.partition_D(sdSt);  // (CPY, CPY_M, CPY_N, ds stage)
+    // With a split head dim, P^T goes to shared memory the same way.
+    Tensor sPt = make_tensor(make_smem_ptr(smem.p.data()), typename Traits::SmemLayoutdSt{});
 
     // This thread's query columns of the S^T tile (the rows-cols view's second mode).
     Tensor coords = thr_mma_sdp.partition_C(make_identity_tensor(tile_sdp));
@@ -141,12 +158,24 @@ struct BwdMainloop {
       convert_fragment(tSrS, tPrP);
       convert_fragment(tdPrdP, tdSrdS);
 
-      warpgroup_gemm<-1>(mma_dkv, tPrP_as_a, tdVrdOt(_, _, _, st.index), tdVrdV, /*zero_init=*/false);
-      copy(smem_copy_ds, tdSr_copy, tdSs_copy(_, _, _, ds_stage));
-      warpgroup_gemm<-1>(mma_dkv, tdSrdS_as_a, tdKrQt(_, _, _, st.index), tdKrdK, /*zero_init=*/false);
-      // dS is read by the other warpgroup's wgmma (async proxy) too.
+      if constexpr (!kSplit) {
+        warpgroup_gemm<-1>(mma_dkv, tPrP_as_a, tdVrdOt(_, _, _, st.index), tdVrdV, /*zero_init=*/false);
+        copy(smem_copy_ds, tdSr_copy, tdSs_copy(_, _, _, ds_stage));
+        warpgroup_gemm<-1>(mma_dkv, tdSrdS_as_a, tdKrQt(_, _, _, st.index), tdKrdK, /*zero_init=*/false);
+      } else {
+        copy(smem_copy_ds, thr_copy_ds.retile_S(tPrP), thr_copy_ds.partition_D(sPt)(_, _, _, ds_stage));
+        copy(smem_copy_ds, tdSr_copy, tdSs_copy(_, _, _, ds_stage));
+      }
+      // dS (and P) is read by the other warpgroup's wgmma (async proxy) too.
       cutlass::arch::fence_view_async_shared();
       named_barrier_sync(Traits::kNumMmaThreads, barrier_id(BwdNamedBarrier::kDsFull));
+      if constexpr (kSplit) {
+        // P and dS as operand B, (keys, queries).
+        Tensor tdVrP = wg_mma_dkv.partition_fragment_B(sPt);  // (MMA, MMA_N, MMA_K, ds stage)
+        Tensor tdKrdS = wg_mma_dkv.partition_fragment_B(sdSt);
+        warpgroup_gemm<-1>(mma_dkv, tdVrdOt(_, _, _, st.index), tdVrP(_, _, _, ds_stage), tdVrdV, /*zero_init=*/false);
+        warpgroup_gemm<-1>(mma_dkv, tdKrQt(_, _, _, st.index), tdKrdS(_, _, _, ds_stage), tdKrdK, /*zero_init=*/false);
+      }
       warpgroup_gemm<-1>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, /*zero_init=*/true);
       warpgroup_wait<1>();  // dV and dK done: the Q stage may be refilled
       warpgroup_fence_operand(tdVrdV);
