@@ -12,6 +12,11 @@
 // transposes dV^T += dO^T P and dK^T += Q^T dS (A = dO^T, Q^T and B = P, dS from shared memory; 128 registers a
 // thread at head dim 256). S^T and dP^T [64 keys, kBlockM] are then split over the queries, and P^T goes to shared
 // memory as well as dS^T.
+//
+// kDqInQdOStage: a step's float32 dQ tile [kBlockM, kHeadDim] is as large as its Q and dO blocks together, so it
+// is staged in their bytes (Q and dO of a stage lie next to each other) once both warpgroups are done with them,
+// rather than in a buffer of its own; the dQ warp then releases the stage to the producer after its TMA has read
+// the tile. The saved shared memory buys a second Q/dO stage at head dim 256.
 #pragma once
 
 #include "sm90/kernel_traits.h"
@@ -20,7 +25,8 @@ namespace jax_flash::sm90 {
 
 using namespace cute;
 
-template <class Element_, int kHeadDim_, int kBlockM_, bool kDkvSplitsHeadDim_ = false, int kStages_ = 2>
+template <class Element_, int kHeadDim_, int kBlockM_, bool kDkvSplitsHeadDim_ = false, int kStages_ = 2,
+          bool kDqInQdOStage_ = false>
 struct BwdKernelTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -32,6 +38,7 @@ struct BwdKernelTraits {
   // Q/dO (with their lse and softmax_d rows) and dS (and P) each have this many shared-memory stages.
   static constexpr int kStages = kStages_;
   static constexpr int kDsStages = 2;
+  static constexpr bool kDqInQdOStage = kDqInQdOStage_;
 
   static_assert(kHeadDim % 64 == 0, "head-dim tiles are multiples of the 64-element swizzle-128B row");
   static_assert(kBlockM % 64 == 0, "dS is stored M-major in 64-row swizzle atoms");
@@ -44,7 +51,10 @@ struct BwdKernelTraits {
   static constexpr int kNumThreads = kNumMmaThreads + kWarpgroupThreads;
   static constexpr int kProducerRegisters = 24;
   static constexpr int kMmaRegisters = 240;
-  static_assert(kProducerRegisters * kWarpgroupThreads + kMmaRegisters * kNumMmaThreads <= kRegistersPerSm);
+  // setmaxnreg only moves the registers the CTA got at launch (the per-thread count, a multiple of 8, times the
+  // threads): asking for more blocks the consumers forever.
+  static constexpr int kLaunchRegisters = kRegistersPerSm / kNumThreads / 8 * 8 * kNumThreads;
+  static_assert(kProducerRegisters * kWarpgroupThreads + kMmaRegisters * kNumMmaThreads <= kLaunchRegisters);
 
   using WarpgroupsAlongRows = Layout<Shape<Int<kNumMmaWarpgroups>, _1, _1>>;
   using WarpgroupsAlongCols = Layout<Shape<_1, Int<kNumMmaWarpgroups>, _1>>;
@@ -90,8 +100,16 @@ struct BwdKernelTraits {
   using SmemLayoutKt = decltype(composition(
       SmemLayoutK{}, make_layout(Shape<Int<kHeadDim>, Int<kBlockN>>{}, GenRowMajor{})));
   // Q, dO: (queries, head_dim, stage) K-major; as (head_dim, queries, stage) for dK += dS^T Q and dV += P^T dO.
-  using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
-                                             Shape<Int<kBlockM>, Int<kHeadDim>, Int<kStages>>{}));
+  // Elements from one stage's Q (or dO) block to the next stage's; with kDqInQdOStage, dO follows Q in each stage.
+  static constexpr int kQdOStageStride = (kDqInQdOStage ? 2 : 1) * kBlockM * kHeadDim;
+  using SmemLayoutQ = std::conditional_t<
+      kDqInQdOStage,
+      decltype(composition(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
+                                         Shape<Int<kBlockM>, Int<kHeadDim>, Int<2 * kStages>>{}),
+                           make_layout(Shape<Int<kBlockM>, Int<kHeadDim>, Int<kStages>>{},
+                                       make_stride(_1{}, Int<kBlockM>{}, Int<kQdOStageStride>{})))),
+      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
+                             Shape<Int<kBlockM>, Int<kHeadDim>, Int<kStages>>{}))>;
   using SmemLayoutQt = decltype(composition(
       SmemLayoutQ{}, make_layout(Shape<Int<kHeadDim>, Int<kBlockM>, Int<kStages>>{},
                                  make_stride(Int<kBlockM>{}, _1{}, Int<kBlockM * kHeadDim>{}))));
@@ -110,18 +128,28 @@ struct BwdKernelTraits {
   using Pipeline = TmaPipeline<kStages>;
   // The producer warp's 32 lanes also arrive on a Q stage's full barrier, after writing its lse and softmax_d.
   static constexpr int kQFullArrivals = 1 + kNumProducerThreads;
+  // A stage is released by every consumer warp, or by the dQ warp when the stage holds the dQ tile.
+  static constexpr int kQEmptyArrivals = kDqInQdOStage ? 1 : kNumMmaWarps;
+  static_assert(!kDqInQdOStage || (kDqSplitsHeadDim && kBlockM * kHeadDim * sizeof(float) ==
+                                                           2 * kBlockM * kHeadDim * sizeof(Element)),
+                "the dQ tile must fill exactly the Q and dO blocks of a stage");
 
   struct SharedStorage {
     // K and V for the whole CTA; the epilogue writes dK and dV into their bytes.
     cute::array_aligned<Element, cosize_v<SmemLayoutK>, kSwizzleAlignment> k;
     cute::array_aligned<Element, cosize_v<SmemLayoutK>, kSwizzleAlignment> v;
-    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, kSwizzleAlignment> q;
-    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, kSwizzleAlignment> dout;
+    // Q (and, with kDqInQdOStage, dO after Q in each stage).
+    cute::array_aligned<Element, kStages * kQdOStageStride, kSwizzleAlignment> q;
+    std::conditional_t<kDqInQdOStage, cute::array<Element, 0>,
+                       cute::array_aligned<Element, cosize_v<SmemLayoutQ>, kSwizzleAlignment>>
+        dout;
     cute::array_aligned<Element, cosize_v<SmemLayoutdS>, kSwizzleAlignment> ds;
     std::conditional_t<kDkvSplitsHeadDim, cute::array_aligned<Element, cosize_v<SmemLayoutdS>, kSwizzleAlignment>,
                        cute::array<Element, 0>>
         p;
-    cute::array_aligned<float, cosize_v<SmemLayoutdQ>, kSwizzleAlignment> dq;
+    std::conditional_t<kDqInQdOStage, cute::array<float, 0>,
+                       cute::array_aligned<float, cosize_v<SmemLayoutdQ>, kSwizzleAlignment>>
+        dq;
     // Per Q stage: lse * log2(e) of each query row (+inf for rows that see no key or lie past Sq, so P = 0),
     // and softmax_d = rowsum(dO o) - dlse.
     float lse_log2[kStages][kBlockM];
@@ -130,6 +158,22 @@ struct BwdKernelTraits {
     // K and V have landed (TMA transaction barrier, one arrival).
     uint64_t kv_full;
   };
+
+  __device__ __forceinline__ static Element* dout_smem(SharedStorage& smem) {
+    if constexpr (kDqInQdOStage) {
+      return smem.q.data() + kBlockM * kHeadDim;
+    } else {
+      return smem.dout.data();
+    }
+  }
+  // Where the dQ tile of a step that read Q/dO stage `stage` goes.
+  __device__ __forceinline__ static float* dq_smem(SharedStorage& smem, int stage) {
+    if constexpr (kDqInQdOStage) {
+      return reinterpret_cast<float*>(smem.q.data() + stage * kQdOStageStride);
+    } else {
+      return smem.dq.data();
+    }
+  }
 
   // One Q stage carries a block of Q and the same block of dO.
   static constexpr uint32_t kTmaBytesQdO = 2 * kBlockM * kHeadDim * sizeof(Element);

@@ -67,12 +67,11 @@ struct BwdMainloop {
     Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutK{});
     Tensor sKt = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKt{});
     Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
-    Tensor sdO = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQ{});
+    Tensor sdO = make_tensor(make_smem_ptr(Traits::dout_smem(smem)), typename Traits::SmemLayoutQ{});
     Tensor sQt = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQt{});
-    Tensor sdOt = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQt{});
+    Tensor sdOt = make_tensor(make_smem_ptr(Traits::dout_smem(smem)), typename Traits::SmemLayoutQt{});
     Tensor sdS = make_tensor(make_smem_ptr(smem.ds.data()), typename Traits::SmemLayoutdS{});
     Tensor sdSt = make_tensor(make_smem_ptr(smem.ds.data()), typename Traits::SmemLayoutdSt{});
-    Tensor sdQ = make_tensor(make_smem_ptr(smem.dq.data()), typename Traits::SmemLayoutdQ{});
 
     // wgmma operands (descriptors) of this warpgroup.
     Tensor tSrK = wg_mma_sdp.partition_fragment_A(sK);      // this warpgroup's 64 keys
@@ -94,7 +93,6 @@ struct BwdMainloop {
     Tensor tPrP_as_a = make_tensor(tPrP.data(), accumulator_as_operand_a(tPrP.layout()));
     Tensor tdSrdS_as_a = make_tensor(tdSrdS.data(), accumulator_as_operand_a(tdSrdS.layout()));
     Tensor tdQrdQ = partition_fragment_C(mma_dq, select<0, 1>(typename Traits::TileShapedQ{}));
-    Tensor tdQsdQ = thr_mma_dq.partition_C(sdQ);
 
     // dS^T to shared memory with stmatrix: in the transposed view (keys, queries) queries are contiguous.
     auto smem_copy_ds = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_sdp);
@@ -177,15 +175,18 @@ struct BwdMainloop {
         warpgroup_gemm<-1>(mma_dkv, tdKrQt(_, _, _, st.index), tdKrdS(_, _, _, ds_stage), tdKrdK, /*zero_init=*/false);
       }
       warpgroup_gemm<-1>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, /*zero_init=*/true);
-      warpgroup_wait<1>();  // dV and dK done: the Q stage may be refilled
+      warpgroup_wait<1>();  // dV and dK done: the Q stage may be refilled (or take the dQ tile)
       warpgroup_fence_operand(tdVrdV);
       warpgroup_fence_operand(tdKrdK);
-      pipe.consumer_release(st);
+      if constexpr (!Traits::kDqInQdOStage) pipe.consumer_release(st);
       warpgroup_wait<0>();
       warpgroup_fence_operand(tdQrdQ);
 
+      // Every consumer thread has passed its waits (so with kDqInQdOStage neither warpgroup reads the stage any
+      // more), and the dQ warp is done with the previous tile.
       named_barrier_sync(kDqHandoffThreads, barrier_id(BwdNamedBarrier::kDqEmpty));
-      copy(tdQrdQ, tdQsdQ);
+      Tensor sdQ = make_tensor(make_smem_ptr(Traits::dq_smem(smem, st.index)), typename Traits::SmemLayoutdQ{});
+      copy(tdQrdQ, thr_mma_dq.partition_C(sdQ));
       cutlass::arch::fence_view_async_shared();  // visible to the TMA reduce-add (async proxy)
       named_barrier_arrive(kDqHandoffThreads, barrier_id(BwdNamedBarrier::kDqFull));
       st.advance();
