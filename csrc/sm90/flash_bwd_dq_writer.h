@@ -3,7 +3,8 @@
 // reduce-add (which clips rows past Sq and head-dim columns past D). By default the additions of different key
 // blocks' CTAs land in an unspecified order, so the float32 sums are not bitwise reproducible run to run; with a
 // semaphore workspace each CTA waits for its turn (ascending key block, common/dq_order.h) and lets the next one go
-// only once its addition has completed.
+// only once its addition has completed. When the tile lies in the bytes of the step's Q/dO stage
+// (Traits::kDqInQdOStage), the dQ warp releases that stage to the producer once its TMA has read the tile.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -20,15 +21,18 @@ using namespace cute;
 template <class Traits>
 struct BwdDqWriter {
   using SharedStorage = typename Traits::SharedStorage;
+  using Pipeline = typename Traits::Pipeline;
+  using State = typename Pipeline::State;
   static constexpr uint32_t kHandoffThreads = Traits::kNumMmaThreads + kWarpSize;
 
   template <class Params, class Work>
-  __device__ __forceinline__ void run(const Params& params, SharedStorage& smem, const Work& work) const {
-    Tensor sdQ = make_tensor(make_smem_ptr(smem.dq.data()), typename Traits::SmemLayoutdQ{});
+  __device__ __forceinline__ void run(const Params& params, SharedStorage& smem, const Pipeline& pipe,
+                                      const Work& work) const {
     auto cta_tma_dq = params.tma_dq.get_slice(_0{});
     const bool leader = threadIdx.x % kWarpSize == 0;
     // The tile's buffer starts free (a CTA with nothing to add leaves the barrier alone).
     if (work.iterations > 0) named_barrier_arrive(kHandoffThreads, barrier_id(BwdNamedBarrier::kDqEmpty));
+    State st;
     for (int i = 0; i < work.iterations; ++i) {
       const int head = work.head(i);
       const int m_block = work.m_block(i);
@@ -47,6 +51,7 @@ struct BwdDqWriter {
         }
         Tensor mdQ = params.tma_dq.get_tma_tensor(params.shape_q)(_, _, head, work.batch);
         Tensor gdQ = local_tile(mdQ, typename Params::TileQ{}, make_coord(m_block, _0{}));
+        Tensor sdQ = make_tensor(make_smem_ptr(Traits::dq_smem(smem, st.index)), typename Traits::SmemLayoutdQ{});
         copy(params.tma_dq, cta_tma_dq.partition_S(sdQ), cta_tma_dq.partition_D(gdQ));
         tma_store_arrive();
         if (semaphore != nullptr) {
@@ -58,6 +63,8 @@ struct BwdDqWriter {
         }
       }
       __syncwarp();
+      if constexpr (Traits::kDqInQdOStage) pipe.consumer_release(st);
+      st.advance();
       if (i + 1 < work.iterations) named_barrier_arrive(kHandoffThreads, barrier_id(BwdNamedBarrier::kDqEmpty));
     }
     // The global additions complete before the kernel does.

@@ -1,6 +1,8 @@
 // Backward epilogue of one CTA: dK (times softmax_scale) and dV (float32 registers) -> 16-bit -> shared memory
 // (stmatrix, into K's and V's bytes once every GEMM reading them has completed) -> one TMA store each, which clips
-// keys past Sk and head-dim columns past D. A key block no query sees stores zeros the same way.
+// keys past Sk and head-dim columns past D. A key block no query sees stores zeros the same way. When the
+// warpgroups split the head dim, the registers hold dK^T and dV^T: they go through the transposed view of the
+// same bytes with a transposing stmatrix.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -35,11 +37,16 @@ struct BwdEpilogue {
     named_barrier_sync(kNumMmaThreads, barrier_id(BwdNamedBarrier::kEpilogueSmemFree));
     Tensor sdK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutK{});
     Tensor sdV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutK{});
+    constexpr bool kTransposed = Traits::kDkvSplitsHeadDim;
+    using LayoutAcc = std::conditional_t<kTransposed, typename Traits::SmemLayoutKt, typename Traits::SmemLayoutK>;
+    using StoreAtom = std::conditional_t<kTransposed, SM90_U16x8_STSM_T, SM90_U32x4_STSM_N>;
+    Tensor sdK_acc = make_tensor(make_smem_ptr(smem.k.data()), LayoutAcc{});  // in the accumulators' (M, N) order
+    Tensor sdV_acc = make_tensor(make_smem_ptr(smem.v.data()), LayoutAcc{});
     typename Traits::TiledMmadKV mma_dkv;
-    auto smem_copy = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_dkv);
+    auto smem_copy = make_tiled_copy_C(Copy_Atom<StoreAtom, Element>{}, mma_dkv);
     auto thr_copy = smem_copy.get_thread_slice(mma_thread_idx);
-    copy(smem_copy, thr_copy.retile_S(tdKr_out), thr_copy.partition_D(sdK));
-    copy(smem_copy, thr_copy.retile_S(tdVr_out), thr_copy.partition_D(sdV));
+    copy(smem_copy, thr_copy.retile_S(tdKr_out), thr_copy.partition_D(sdK_acc));
+    copy(smem_copy, thr_copy.retile_S(tdVr_out), thr_copy.partition_D(sdV_acc));
     cutlass::arch::fence_view_async_shared();  // visible to the TMA store (async proxy)
     named_barrier_sync(kNumMmaThreads, barrier_id(BwdNamedBarrier::kEpilogueSmemFull));
 

@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     prefetch_tma_descriptor(params.tma_dq.get_tma_descriptor());
     prefetch_tma_descriptor(params.tma_dk.get_tma_descriptor());
     prefetch_tma_descriptor(params.tma_dv.get_tma_descriptor());
-    Pipeline::init(smem.pipeline_q, Traits::kNumMmaWarps, Traits::kQFullArrivals);
+    Pipeline::init(smem.pipeline_q, Traits::kQEmptyArrivals, Traits::kQFullArrivals);
     cutlass::arch::ClusterTransactionBarrier::init(&smem.kv_full, 1);
   }
   cutlass::arch::fence_barrier_init();
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     if (warp == kProducerWarp) {
       BwdLoad<Traits>{}.run(params, smem, pipe, work);
     } else if (warp == kDqWarp) {
-      BwdDqWriter<Traits>{}.run(params, smem, work);
+      BwdDqWriter<Traits>{}.run(params, smem, pipe, work);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kMmaRegisters>();

@@ -48,7 +48,7 @@ struct BwdLoad {
     }
 
     Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
-    Tensor sdO = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQ{});
+    Tensor sdO = make_tensor(make_smem_ptr(Traits::dout_smem(smem)), typename Traits::SmemLayoutQ{});
     auto cta_tma_q = params.tma_q.get_slice(_0{});
     auto cta_tma_do = params.tma_do.get_slice(_0{});
     Tensor tQsQ = group_modes<0, 3>(cta_tma_q.partition_D(sQ));     // (TMA, stage)

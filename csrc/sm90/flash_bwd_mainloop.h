@@ -7,6 +7,9 @@
 //   dQ   = dS K                                       (wgmma; dS through shared memory, both warpgroups' halves)
 //   dK  += dS^T Q                                     (wgmma, dS^T from registers)
 // and hands dQ (float32, through shared memory) to the dQ warp. dK and dV stay in registers for the whole CTA.
+// When the warpgroups split the head dim of dK and dV (Traits::kDkvSplitsHeadDim), each owns half the queries of
+// S^T and dP^T instead, P^T goes to shared memory too, and the dK/dV GEMMs are the transposes
+//   dV^T += dO^T P,  dK^T += Q^T dS                   (wgmma, all operands from shared memory)
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -23,6 +26,17 @@
 namespace jax_flash::sm90 {
 
 using namespace cute;
+
+// The dK/dV GEMMs take dO^T and Q^T as operand B (P^T, dS^T from registers as A), or as operand A when the
+// warpgroups split the head dim (P, dS from shared memory as B).
+template <bool kAsA, class WarpgroupMma, class SmemTensor>
+__device__ __forceinline__ auto partition_dkv_operand(const WarpgroupMma& wg_mma, const SmemTensor& smem) {
+  if constexpr (kAsA) {
+    return wg_mma.partition_fragment_A(smem);
+  } else {
+    return wg_mma.partition_fragment_B(smem);
+  }
+}
 
 template <class Traits>
 struct BwdMainloop {
@@ -56,23 +70,22 @@ struct BwdMainloop {
     Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutK{});
     Tensor sKt = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKt{});
     Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
-    Tensor sdO = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQ{});
+    Tensor sdO = make_tensor(make_smem_ptr(Traits::dout_smem(smem)), typename Traits::SmemLayoutQ{});
     Tensor sQt = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQt{});
-    Tensor sdOt = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQt{});
+    Tensor sdOt = make_tensor(make_smem_ptr(Traits::dout_smem(smem)), typename Traits::SmemLayoutQt{});
     Tensor sdS = make_tensor(make_smem_ptr(smem.ds.data()), typename Traits::SmemLayoutdS{});
     Tensor sdSt = make_tensor(make_smem_ptr(smem.ds.data()), typename Traits::SmemLayoutdSt{});
-    // Swizzled on the offset rather than on the address bits, so that the dQ stores stay shared-memory stores
-    // (the address-bit form turns them into generic 64-bit stores).
-    Tensor sdQ = as_position_independent_swizzle_tensor(
-        make_tensor(make_smem_ptr(smem.dq.data()), typename Traits::SmemLayoutdQ{}));
 
     // wgmma operands (descriptors) of this warpgroup.
     Tensor tSrK = wg_mma_sdp.partition_fragment_A(sK);      // this warpgroup's 64 keys
     Tensor tSrV = wg_mma_sdp.partition_fragment_A(sV);
     Tensor tSrQ = wg_mma_sdp.partition_fragment_B(sQ);      // (MMA, MMA_N, MMA_K, stage)
     Tensor tSrdO = wg_mma_sdp.partition_fragment_B(sdO);
-    Tensor tdVrdOt = wg_mma_dkv.partition_fragment_B(sdOt);  // (MMA, MMA_N, MMA_K, stage)
-    Tensor tdKrQt = wg_mma_dkv.partition_fragment_B(sQt);
+    constexpr bool kSplit = Traits::kDkvSplitsHeadDim;
+    // The dQ tile takes the Q/dO stage's memory only where the consumers release the stage within the step.
+    static_assert(kSplit || !Traits::kDqInQdOStage, "kDqInQdOStage needs kDkvSplitsHeadDim");
+    Tensor tdVrdOt = partition_dkv_operand<kSplit>(wg_mma_dkv, sdOt);  // (MMA, MMA_N or MMA_M, MMA_K, stage)
+    Tensor tdKrQt = partition_dkv_operand<kSplit>(wg_mma_dkv, sQt);
     Tensor tdQrdS = wg_mma_dq.partition_fragment_A(sdS);    // (MMA, MMA_M, MMA_K, ds stage)
     Tensor tdQrKt = wg_mma_dq.partition_fragment_B(sKt);
 
@@ -85,13 +98,14 @@ struct BwdMainloop {
     Tensor tPrP_as_a = make_tensor(tPrP.data(), accumulator_as_operand_a(tPrP.layout()));
     Tensor tdSrdS_as_a = make_tensor(tdSrdS.data(), accumulator_as_operand_a(tdSrdS.layout()));
     Tensor tdQrdQ = partition_fragment_C(mma_dq, select<0, 1>(typename Traits::TileShapedQ{}));
-    Tensor tdQsdQ = thr_mma_dq.partition_C(sdQ);
 
     // dS^T to shared memory with stmatrix: in the transposed view (keys, queries) queries are contiguous.
     auto smem_copy_ds = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_sdp);
     auto thr_copy_ds = smem_copy_ds.get_thread_slice(mma_thread_idx);
     Tensor tdSr_copy = thr_copy_ds.retile_S(tdSrdS);
     Tensor tdSs_copy = thr_copy_ds.partition_D(sdSt);  // (CPY, CPY_M, CPY_N, ds stage)
+    // With a split head dim, P^T goes to shared memory the same way.
+    Tensor sPt = make_tensor(make_smem_ptr(smem.p.data()), typename Traits::SmemLayoutdSt{});
 
     // This thread's query columns of the S^T tile (the rows-cols view's second mode).
     Tensor coords = thr_mma_sdp.partition_C(make_identity_tensor(tile_sdp));
@@ -101,8 +115,9 @@ struct BwdMainloop {
     const KeyBlockMask<kBlockM, kBlockN> mask(params.attn, work.n_block);
 
     cutlass::arch::ClusterTransactionBarrier::wait(&smem.kv_full, 0);
-    // dK += dS^T Q of step i runs on the tensor cores under the dQ handoff of step i and is waited for only once
-    // S and dP of step i + 1 are issued behind it; its Q stage is released then.
+    // Without a split head dim, dK += dS^T Q of step i runs on the tensor cores under the dQ handoff of step i and
+    // is waited for only once S and dP of step i + 1 are issued behind it; its Q stage is released then. With a
+    // split head dim, dK^T and dV^T are waited for within the step.
     State st;
     State previous;
     for (int i = 0; i < work.iterations; ++i) {
@@ -116,9 +131,11 @@ struct BwdMainloop {
       // S -> P while dP^T is still being computed (with a softcap, S -> tanh first: dS needs it). Groups complete
       // in order, so the previous step's dK is done too.
       warpgroup_wait<1>();
-      warpgroup_fence_operand(tdKrdK);
       warpgroup_fence_operand(tSrS);
-      if (i > 0) pipe.consumer_release(previous);
+      if constexpr (!kSplit) {
+        warpgroup_fence_operand(tdKrdK);
+        if (i > 0) pipe.consumer_release(previous);
+      }
       CUTE_UNROLL
       for (int n = 0; n < size<1>(s); ++n) {
         const float row_lse = lse_log2[get<1>(c(_0{}, n))];
@@ -155,26 +172,52 @@ struct BwdMainloop {
 
       // dS^T to shared memory before anything else: dQ = dS K of both warpgroups waits for it.
       copy(smem_copy_ds, tdSr_copy, tdSs_copy(_, _, _, ds_stage));
-      warpgroup_gemm<-1>(mma_dkv, tPrP_as_a, tdVrdOt(_, _, _, st.index), tdVrdV, /*zero_init=*/false);
-      // dS is read by the other warpgroup's wgmma (async proxy) too.
+      if constexpr (!kSplit) {
+        warpgroup_gemm<-1>(mma_dkv, tPrP_as_a, tdVrdOt(_, _, _, st.index), tdVrdV, /*zero_init=*/false);
+      } else {
+        copy(smem_copy_ds, thr_copy_ds.retile_S(tPrP), thr_copy_ds.partition_D(sPt)(_, _, _, ds_stage));
+      }
+      // dS (and P) is read by the other warpgroup's wgmma (async proxy) too.
       cutlass::arch::fence_view_async_shared();
       named_barrier_sync(Traits::kNumMmaThreads, barrier_id(BwdNamedBarrier::kDsFull));
-      warpgroup_gemm<-1>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, /*zero_init=*/true);
-      // Waits for dV and dQ; dK stays in flight.
-      warpgroup_gemm<1>(mma_dkv, tdSrdS_as_a, tdKrQt(_, _, _, st.index), tdKrdK, /*zero_init=*/false);
-      warpgroup_fence_operand(tdVrdV);
+      if constexpr (kSplit) {
+        // P and dS as operand B, (keys, queries).
+        Tensor tdVrP = wg_mma_dkv.partition_fragment_B(sPt);  // (MMA, MMA_N, MMA_K, ds stage)
+        Tensor tdKrdS = wg_mma_dkv.partition_fragment_B(sdSt);
+        warpgroup_gemm<-1>(mma_dkv, tdVrdOt(_, _, _, st.index), tdVrP(_, _, _, ds_stage), tdVrdV, /*zero_init=*/false);
+        warpgroup_gemm<-1>(mma_dkv, tdKrQt(_, _, _, st.index), tdKrdS(_, _, _, ds_stage), tdKrdK, /*zero_init=*/false);
+        warpgroup_gemm<-1>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, /*zero_init=*/true);
+        warpgroup_wait<1>();  // dV and dK done: the Q stage may be refilled (or take the dQ tile)
+        warpgroup_fence_operand(tdVrdV);
+        warpgroup_fence_operand(tdKrdK);
+        if constexpr (!Traits::kDqInQdOStage) pipe.consumer_release(st);
+        warpgroup_wait<0>();
+      } else {
+        warpgroup_gemm<-1>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, /*zero_init=*/true);
+        // Waits for dV and dQ; dK stays in flight.
+        warpgroup_gemm<1>(mma_dkv, tdSrdS_as_a, tdKrQt(_, _, _, st.index), tdKrdK, /*zero_init=*/false);
+        warpgroup_fence_operand(tdVrdV);
+      }
       warpgroup_fence_operand(tdQrdQ);
 
+      // Every consumer thread has passed its waits (so with kDqInQdOStage neither warpgroup reads the stage any
+      // more), and the dQ warp is done with the previous tile. Swizzled on the offset rather than on the address
+      // bits, so that the dQ stores stay shared-memory stores (the address-bit form turns them into generic
+      // 64-bit stores).
       named_barrier_sync(kDqHandoffThreads, barrier_id(BwdNamedBarrier::kDqEmpty));
-      copy(tdQrdQ, tdQsdQ);
+      Tensor sdQ = as_position_independent_swizzle_tensor(
+          make_tensor(make_smem_ptr(Traits::dq_smem(smem, st.index)), typename Traits::SmemLayoutdQ{}));
+      copy(tdQrdQ, thr_mma_dq.partition_C(sdQ));
       cutlass::arch::fence_view_async_shared();  // visible to the TMA reduce-add (async proxy)
       named_barrier_arrive(kDqHandoffThreads, barrier_id(BwdNamedBarrier::kDqFull));
       previous = st;
       st.advance();
     }
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(tdKrdK);
-    if (work.iterations > 0) pipe.consumer_release(previous);
+    if constexpr (!kSplit) {
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tdKrdK);
+      if (work.iterations > 0) pipe.consumer_release(previous);
+    }
   }
 };
 

@@ -1,5 +1,5 @@
 // Dispatch of the Hopper backward: dtype x head-dim tile -> a configuration. The build defines
-// JAX_FLASH_SM90_TILE_<d>=1 for each head-dim tile it compiles (flash_bwd_sm90_hdim<d>_*.cu for d in 64, 128).
+// JAX_FLASH_SM90_TILE_<d>=1 for each head-dim tile it compiles (flash_bwd_sm90_hdim<d>_*.cu for d in 64, 128, 256).
 #include "sm90/flash_bwd_sm90.h"
 
 #include <cutlass/numeric_types.h>
@@ -13,11 +13,14 @@
 #ifndef JAX_FLASH_SM90_TILE_128
 #define JAX_FLASH_SM90_TILE_128 0
 #endif
+#ifndef JAX_FLASH_SM90_TILE_256
+#define JAX_FLASH_SM90_TILE_256 0
+#endif
 
 namespace jax_flash::sm90 {
 namespace {
 
-constexpr bool kBwdTileCompiled[] = {JAX_FLASH_SM90_TILE_64, JAX_FLASH_SM90_TILE_128};
+constexpr bool kBwdTileCompiled[] = {JAX_FLASH_SM90_TILE_64, JAX_FLASH_SM90_TILE_128, JAX_FLASH_SM90_TILE_256};
 constexpr int kNumBwdTiles = sizeof(kBwdHeadDimTiles) / sizeof(kBwdHeadDimTiles[0]);
 static_assert(sizeof(kBwdTileCompiled) / sizeof(kBwdTileCompiled[0]) == kNumBwdTiles);
 
@@ -38,6 +41,10 @@ cudaError_t launch_dtype(const AttentionParams& p, const BwdBuffers& b, int num_
 #if JAX_FLASH_SM90_TILE_128
     case 128:
       return launch_flash_bwd<BwdHdim128<Element>>(p, b, num_sms, stream);
+#endif
+#if JAX_FLASH_SM90_TILE_256
+    case 256:
+      return launch_flash_bwd<BwdHdim256<Element>>(p, b, num_sms, stream);
 #endif
     default:
       return cudaErrorInvalidValue;

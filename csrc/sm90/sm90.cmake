@@ -4,8 +4,7 @@
 #   jax_flash_add_sm90_kernels(jax_flash_sm90 "${JAX_FLASH_HEAD_DIMS}" "${CUTLASS_INCLUDE_DIR}")
 #   target_link_libraries(_jax_flash_ext PRIVATE jax_flash_sm90)
 # Only the head-dim tiles (64, 128, 256) that cover the requested head dims are compiled; the dispatchers route
-# every head dim to the smallest compiled tile that holds it. The backward has tiles 64 and 128 (head dim 256
-# runs the sm80 backward).
+# every head dim to the smallest compiled tile that holds it; the backward has the same tiles.
 function(jax_flash_add_sm90_kernels target head_dims cutlass_include)
   set(tiles "")
   foreach(d IN LISTS head_dims)
@@ -23,11 +22,9 @@ function(jax_flash_add_sm90_kernels target head_dims cutlass_include)
   set(definitions CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)
   foreach(t IN LISTS tiles)
     list(APPEND sources "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_fwd_sm90_hdim${t}_bf16.cu"
-                        "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_fwd_sm90_hdim${t}_fp16.cu")
-    if(NOT t EQUAL 256)
-      list(APPEND sources "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_bwd_sm90_hdim${t}_bf16.cu"
-                          "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_bwd_sm90_hdim${t}_fp16.cu")
-    endif()
+                        "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_fwd_sm90_hdim${t}_fp16.cu"
+                        "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_bwd_sm90_hdim${t}_bf16.cu"
+                        "${PROJECT_SOURCE_DIR}/csrc/sm90/flash_bwd_sm90_hdim${t}_fp16.cu")
     list(APPEND definitions JAX_FLASH_SM90_TILE_${t}=1)
   endforeach()
 
@@ -40,5 +37,5 @@ function(jax_flash_add_sm90_kernels target head_dims cutlass_include)
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a>)
   target_link_libraries(${target} PUBLIC CUDA::cudart_static)
-  message(STATUS "jax_flash: sm90 head-dim tiles ${tiles} (backward: those up to 128)")
+  message(STATUS "jax_flash: sm90 head-dim tiles ${tiles} (forward and backward)")
 endfunction()

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds the standalone Hopper backward test (tests/cuda/flash_bwd_sm90_test.cu) with nvcc for sm_90a:
 #   tests/cuda/build_sm90_bwd_test.sh [OUT_DIR]      (default build/sm90_bwd_test; JOBS=2 parallel compiles)
-# TILES (default "64 128") picks the head-dim tiles; the forward's dispatch and kernels of those tiles are compiled
+# TILES (default "64 128 256") picks the head-dim tiles; the forward's dispatch and kernels of those tiles are compiled
 # too (the backward shares the forward's problem checks). Needs the CUTLASS headers of the nvidia-cutlass package.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 OUT="${1:-$ROOT/build/sm90_bwd_test}"
 JOBS="${JOBS:-2}"
-TILES="${TILES:-64 128}"
+TILES="${TILES:-64 128 256}"
 PYTHON="${PYTHON:-python3}"
 CUTLASS_INCLUDE="${CUTLASS_INCLUDE:-$("$PYTHON" -c 'import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), "source", "include"))')}"
 mkdir -p "$OUT"

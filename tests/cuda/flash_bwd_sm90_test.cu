@@ -1,10 +1,12 @@
 // Standalone check and benchmark of the Hopper backward (csrc/sm90/flash_bwd_*), independent of JAX.
 //
 //   flash_bwd_sm90_test check   correctness sweep: dq, dk, dv against a float64 CPU reference (outputs and
-//                               workspaces poisoned with NaN first)
+//                               workspaces poisoned with NaN first); deterministic cases run twice and must give
+//                               bitwise identical dq
 //   flash_bwd_sm90_test quick   the small cases of the sweep (for compute-sanitizer memcheck)
 //   flash_bwd_sm90_test tiny    three cases (for compute-sanitizer racecheck)
-//   flash_bwd_sm90_test bench   backward TFLOP/s (2.5 x forward FLOPs) on the FlashAttention-3 paper grid, bf16
+//   flash_bwd_sm90_test bench   backward TFLOP/s (2.5 x forward FLOPs) on the FlashAttention-3 paper grid, bf16,
+//                               head dims 64, 128, 256 (those this build has)
 //   flash_bwd_sm90_test bench D S C   only head dim D, seqlen S, causal C (0/1) of that grid (for ncu)
 // Exit status 0 only if every check passed.
 #include <cuda_bf16.h>
@@ -227,6 +229,7 @@ struct DeviceProblem {
   jax_flash::sm90::BwdBuffers b{};
   size_t q_bytes, kv_bytes, stats_bytes;
   std::vector<void*> owned;
+  int* semaphore;  // the deterministic mode's workspace (BwdBuffers::dq_semaphore when a case asks for it)
 
   explicit DeviceProblem(const Problem& pr) {
     const AttentionParams& p = pr.p;
@@ -249,6 +252,7 @@ struct DeviceProblem {
     b.dv = keep(device_copy(std::vector<uint16_t>(kv_bytes / 2)));
     b.dq_accum = keep(device_copy(std::vector<float>(q_bytes / 2)));
     b.softmax_d = keep(device_copy(std::vector<float>(stats_bytes / 4)));
+    semaphore = keep(device_copy(std::vector<int>(stats_bytes / 4)));
   }
   ~DeviceProblem() {
     for (void* ptr : owned) cudaFree(ptr);
@@ -259,6 +263,7 @@ struct DeviceProblem {
     CUDA_CHECK(cudaMemset(b.dv, 0xFF, kv_bytes));
     CUDA_CHECK(cudaMemset(b.dq_accum, 0xFF, q_bytes * 2));
     CUDA_CHECK(cudaMemset(b.softmax_d, 0xFF, stats_bytes));
+    CUDA_CHECK(cudaMemset(semaphore, 0xFF, stats_bytes));
   }
 };
 
@@ -291,22 +296,41 @@ GradError compare(const void* device, const std::vector<double>& ref, DType dtyp
   return e;
 }
 
-// Runs the backward twice on one fresh problem: both results must match the reference, and each other bitwise
-// where the order of dq's float32 additions does not matter (dk, dv).
-bool check_case(const AttentionParams& p, DType dtype, const char* mode, std::mt19937_64& rng, double* worst) {
+std::vector<uint16_t> device_bits(const void* device, size_t count) {
+  std::vector<uint16_t> bits(count);
+  if (count > 0) CUDA_CHECK(cudaMemcpy(bits.data(), device, count * 2, cudaMemcpyDeviceToHost));
+  return bits;
+}
+
+// Runs the backward on one fresh problem (outputs and workspaces poisoned first): dq, dk, dv must match the
+// reference. Deterministic: with the semaphore workspace, twice (poisoned again in between), and dq must come out
+// bitwise the same.
+bool check_case(const AttentionParams& p, DType dtype, const char* mode, std::mt19937_64& rng, double* worst,
+                bool deterministic = false) {
   const Problem pr(p, dtype, rng);
-  const DeviceProblem dev(pr);
+  DeviceProblem dev(pr);
+  if (deterministic) dev.b.dq_semaphore = dev.semaphore;
   dev.poison();
   CUDA_CHECK(jax_flash::sm90::run_flash_bwd_sm90(p, dtype, dev.b, num_sms(), nullptr));
   CUDA_CHECK(cudaDeviceSynchronize());
   const GradError dq = compare(dev.b.dq, pr.dq, dtype);
   const GradError dk = compare(dev.b.dk, pr.dk, dtype);
   const GradError dv = compare(dev.b.dv, pr.dv, dtype);
+  bool reproducible = true;
+  if (deterministic) {
+    const std::vector<uint16_t> first = device_bits(dev.b.dq, pr.dq.size());
+    dev.poison();
+    CUDA_CHECK(jax_flash::sm90::run_flash_bwd_sm90(p, dtype, dev.b, num_sms(), nullptr));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    reproducible = device_bits(dev.b.dq, pr.dq.size()) == first;
+  }
   const double bound = dtype == DType::kBFloat16 ? kMaxRelErrorBf16 : kMaxRelErrorFp16;
-  const bool passed = dq.nan + dk.nan + dv.nan == 0 && dq.rel <= bound && dk.rel <= bound && dv.rel <= bound;
+  const bool passed = dq.nan + dk.nan + dv.nan == 0 && dq.rel <= bound && dk.rel <= bound && dv.rel <= bound &&
+                      reproducible;
   *worst = std::max({*worst, dq.rel, dk.rel, dv.rel});
-  std::printf("%s %-15s %s dq %.2e dk %.2e dv %.2e nan %lld\n", passed ? "PASS" : "FAIL", mode,
-              describe(p, dtype).c_str(), dq.rel, dk.rel, dv.rel, (long long)(dq.nan + dk.nan + dv.nan));
+  std::printf("%s %-15s %s dq %.2e dk %.2e dv %.2e nan %lld%s\n", passed ? "PASS" : "FAIL", mode,
+              describe(p, dtype).c_str(), dq.rel, dk.rel, dv.rel, (long long)(dq.nan + dk.nan + dv.nan),
+              deterministic ? (reproducible ? " dq bitwise reproducible" : " dq NOT reproducible") : "");
   std::fflush(stdout);
   return passed;
 }
@@ -352,19 +376,19 @@ AttentionParams with_mode(AttentionParams p, const MaskMode& mode) {
 int run_checks(bool quick) {
   std::mt19937_64 rng(20261122);
   const int64_t seqlens[] = {1, 7, 129, 1000};
-  const int64_t head_dims[] = {64, 128, 40, 96};
+  const int64_t head_dims[] = {64, 128, 256, 40, 96, 200};
   const int64_t groups[] = {1, 2, 8};
   const DType dtypes[] = {DType::kBFloat16, DType::kFloat16};
   int failures = 0, cases = 0, mode_cursor = 0, group_cursor = 0;
   double worst = 0;
-  auto run = [&](const AttentionParams& p, DType dtype, const char* name) {
+  auto run = [&](const AttentionParams& p, DType dtype, const char* name, bool deterministic = false) {
     if (!jax_flash::sm90::flash_bwd_sm90_supports(p, dtype)) return;
     ++cases;
-    if (!check_case(p, dtype, name, rng, &worst)) ++failures;
+    if (!check_case(p, dtype, name, rng, &worst, deterministic)) ++failures;
   };
   for (DType dtype : dtypes) {
-    for (int64_t d : head_dims) {
-      if (quick && d != 128 && d != 64) continue;
+    for (int64_t d : {64, 128, 256}) {
+      if (quick && d != 64 && d != 128 && d != 256) continue;
       for (int64_t sq : seqlens) {
         for (int64_t sk : seqlens) {
           if (quick && (sq == 1000 || sk == 1000)) continue;
@@ -376,12 +400,20 @@ int run_checks(bool quick) {
       }
     }
     if (!quick) {
-      for (int64_t d : {64, 128}) {
+      for (int64_t d : {64, 128, 256}) {
         for (const MaskMode& mode : kMaskModes) run(with_mode(make_params(1, 700, 900, 4, 2, d), mode), dtype, mode.name);
       }
     }
-    run(make_params(2, 129, 0, 4, 2, 128), dtype, "no-keys");
-    run(make_params(2, 0, 129, 4, 2, 128), dtype, "no-queries");
+    for (int64_t d : {64, 128, 256}) {
+      // Several key blocks add into each query block: causal (GQA), full, and a window (odd lengths).
+      run(with_mode(make_params(1, 1000, 1000, 4, 2, d), kMaskModes[1]), dtype, "det-causal", true);
+      if (!quick) {
+        run(with_mode(make_params(2, 129, 1000, 2, 2, d), kMaskModes[0]), dtype, "det-none", true);
+        run(with_mode(make_params(1, 700, 900, 8, 1, d), kMaskModes[2]), dtype, "det-window", true);
+      }
+      run(make_params(2, 129, 0, 4, 2, d), dtype, "no-keys");
+      run(make_params(2, 0, 129, 4, 2, d), dtype, "no-queries");
+    }
   }
   std::printf("checks: %d cases, %d failed; worst relative error %.2e\n", cases, failures, worst);
   return failures;
@@ -391,7 +423,7 @@ int run_tiny() {
   std::mt19937_64 rng(5);
   double worst = 0;
   int failures = 0;
-  for (int64_t d : {64, 128}) {
+  for (int64_t d : {64, 128, 256}) {
     const AttentionParams causal = with_mode(make_params(1, 129, 200, 2, 1, d), kMaskModes[1]);
     const AttentionParams capped = with_mode(make_params(1, 70, 300, 2, 2, d), kMaskModes[3]);
     for (const AttentionParams& p : {causal, capped}) {
@@ -430,7 +462,7 @@ int run_bench(int64_t only_d, int64_t only_seqlen, int only_causal) {
   constexpr int64_t kTokens = 16384, kModelDim = 2048;
   constexpr int kBatches = 5, kLaunchesPerBatch = 10;
   const int sms = num_sms();
-  for (int64_t d : {64, 128}) {
+  for (int64_t d : {64, 128, 256}) {
     for (int64_t s : {512, 1024, 2048, 4096, 8192, 16384}) {
       for (bool causal : {false, true}) {
         if ((only_d >= 0 && d != only_d) || (only_seqlen >= 0 && s != only_seqlen) ||
@@ -439,6 +471,7 @@ int run_bench(int64_t only_d, int64_t only_seqlen, int only_causal) {
         }
         AttentionParams p = make_params(kTokens / s, s, s, kModelDim / d, kModelDim / d, d);
         if (causal) p.window_right = 0;
+        if (!jax_flash::sm90::flash_bwd_sm90_supports(p, DType::kBFloat16)) continue;
         const size_t nq = size_t(p.batch * s * p.heads_q * d), nstats = size_t(p.batch * p.heads_q * s);
         jax_flash::sm90::BwdBuffers b{};
         std::vector<void*> owned;
