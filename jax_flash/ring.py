@@ -356,9 +356,9 @@ def _forward_plan(plan: _Plan, q, k, v, o_acc, lse_acc):
   return o_acc, lse_acc
 
 
-def _with_transfer_margin(config: AttentionConfig, ring: _Ring) -> AttentionConfig:
-  """The kernels' config inside the ring: SMs left for the transfers and a dynamic tile schedule, when there are
-  transfers."""
+def _beside_transfer(config: AttentionConfig, ring: _Ring) -> AttentionConfig:
+  """The kernels' config for ring steps that run beside a K/V transfer: SMs left for it and a dynamic tile schedule
+  (a ring of one device has no transfers)."""
   transfers = ring.size > 1
   return dataclasses.replace(config, sm_margin=TRANSFER_SM_MARGIN if transfers else 0,
                              dynamic_schedule=TRANSFER_DYNAMIC_SCHEDULE and transfers)
@@ -374,8 +374,8 @@ def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
   seqlen = q.shape[_SEQ_AXIS]
   # The kernels of every step but the last run while the next K/V transfer is in flight, and leave it room; the
   # last step's have the GPU to themselves.
-  beside_transfer = ring.schedule(seqlen, _with_transfer_margin(config, ring))
-  steps = beside_transfer[:-1] + ring.schedule(seqlen, config)[-1:]
+  transfer_steps = ring.schedule(seqlen, _beside_transfer(config, ring))
+  steps = transfer_steps[:-1] + ring.schedule(seqlen, config)[-1:]
   held = (k, v)
   acc = None  # (o, lse) over the keys seen so far
   for i, step in enumerate(steps):
@@ -416,7 +416,7 @@ def _backward_plan(plan: _Plan, dout, q, k, v, o, lse, dlse, dq_acc):
 def _ring_backward(dout, q, k, v, o, lse, dlse, config: AttentionConfig, ring: _Ring):
   """dq, dk, dv of the local shards, from the cotangents of the global o and lse (local shards of them)."""
   dq_acc = jnp.zeros_like(q, dtype=jnp.float32)
-  steps = ring.schedule(q.shape[_SEQ_AXIS], _with_transfer_margin(config, ring))
+  steps = ring.schedule(q.shape[_SEQ_AXIS], _beside_transfer(config, ring))
   held = (k, v)
   dkv = None  # float32 dK/dV accumulators of the held block; they travel with it
   for i, step in enumerate(steps):

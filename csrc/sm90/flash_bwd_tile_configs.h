@@ -11,9 +11,6 @@
 
 namespace jax_flash::sm90 {
 
-// Head-dim tiles the backward has configurations for.
-constexpr int kBwdHeadDimTiles[] = {64, 128, 256};
-
 template <class Element>
 using BwdHdim64 = BwdKernelTraits<Element, 64, 128>;
 template <class Element>

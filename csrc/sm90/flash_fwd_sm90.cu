@@ -1,42 +1,22 @@
-// Dispatch of the Hopper forward: dtype x head-dim tile x (masked, sequence length) -> a tuned configuration.
-// The build defines JAX_FLASH_SM90_TILE_<d>=1 for each head-dim tile it compiles (flash_fwd_sm90_hdim<d>_*.cu).
+// Dispatch of the Hopper forward: dtype x compiled head-dim tile (head_dim_tiles.h) x (masked, sequence length) ->
+// a tuned configuration.
 #include "sm90/flash_fwd_sm90.h"
 
 #include <cstdint>
 #include <limits>
 
 #include "sm90/flash_fwd_launch.h"
+#include "sm90/head_dim_tiles.h"
 #include "sm90/tile_configs.h"
-
-#ifndef JAX_FLASH_SM90_TILE_64
-#define JAX_FLASH_SM90_TILE_64 0
-#endif
-#ifndef JAX_FLASH_SM90_TILE_128
-#define JAX_FLASH_SM90_TILE_128 0
-#endif
-#ifndef JAX_FLASH_SM90_TILE_256
-#define JAX_FLASH_SM90_TILE_256 0
-#endif
 
 namespace jax_flash::sm90 {
 namespace {
-
-constexpr bool kTileCompiled[] = {JAX_FLASH_SM90_TILE_64, JAX_FLASH_SM90_TILE_128, JAX_FLASH_SM90_TILE_256};
-constexpr int kNumTiles = sizeof(kHeadDimTiles) / sizeof(kHeadDimTiles[0]);
-static_assert(sizeof(kTileCompiled) / sizeof(kTileCompiled[0]) == kNumTiles);
 
 // Head dims are padded (with TMA zero fill) to whole 16-byte rows.
 constexpr int64_t kHeadDimGranularity = 8;
 // TMA global strides must stay below 2^40 bytes; sequence and head counts are int32 in the descriptors.
 constexpr int64_t kMaxTmaStrideBytes = int64_t(1) << 40;
 constexpr int64_t kMaxInt32 = std::numeric_limits<int32_t>::max();
-
-// The smallest compiled head-dim tile that holds head_dim, or 0.
-int head_dim_tile(int64_t head_dim) {
-  for (int i = 0; i < kNumTiles; ++i)
-    if (kTileCompiled[i] && head_dim <= kHeadDimTiles[i]) return kHeadDimTiles[i];
-  return 0;
-}
 
 template <class Element, int kTile>
 cudaError_t launch_tile(const AttentionParams& p, const void* q, const void* k, const void* v, void* o, float* lse,
@@ -49,7 +29,7 @@ cudaError_t launch_tile(const AttentionParams& p, const void* q, const void* k, 
 template <class Element>
 cudaError_t launch_dtype(const AttentionParams& p, const void* q, const void* k, const void* v, void* o, float* lse,
                          int* tile_counter, int num_sms, cudaStream_t stream) {
-  switch (head_dim_tile(p.head_dim)) {
+  switch (compiled_head_dim_tile(p.head_dim)) {
 #if JAX_FLASH_SM90_TILE_64
     case 64:
       return launch_tile<Element, 64>(p, q, k, v, o, lse, tile_counter, num_sms, stream);
@@ -71,7 +51,7 @@ cudaError_t launch_dtype(const AttentionParams& p, const void* q, const void* k,
 
 bool flash_fwd_sm90_supports(const AttentionParams& p, DType dtype) {
   if (dtype != DType::kFloat16 && dtype != DType::kBFloat16) return false;
-  if (p.head_dim <= 0 || p.head_dim % kHeadDimGranularity != 0 || head_dim_tile(p.head_dim) == 0) return false;
+  if (p.head_dim <= 0 || p.head_dim % kHeadDimGranularity != 0 || compiled_head_dim_tile(p.head_dim) == 0) return false;
   if (p.heads_k <= 0 || p.heads_q % p.heads_k != 0) return false;
   // The softmax keeps raw scores and a running max, which needs a positive exponent scale.
   if (!(p.softmax_scale > 0.f) || !(p.softcap >= 0.f)) return false;

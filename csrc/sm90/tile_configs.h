@@ -14,9 +14,6 @@
 
 namespace jax_flash::sm90 {
 
-// Head-dim tiles this family has configurations for; a head dim runs in the smallest compiled tile that holds it.
-constexpr int kHeadDimTiles[] = {64, 128, 256};
-
 // 192 query rows = three consumer warpgroups; a small head dim leaves room for them.
 template <class Element>
 using Hdim64Rows192 = FwdKernelTraits<Element, 64, 192, 128, /*kPingPong=*/true, /*kIntraWarpgroupOverlap=*/true>;
