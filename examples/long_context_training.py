@@ -21,6 +21,7 @@ the seed and s, parameters from the seed, so re-running the printed command repr
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import shlex
@@ -269,7 +270,8 @@ def build_steps(args, sp: SequenceParallel, attn_dtype):
   mapped_grads = sp.map(loss_and_grads)
   mapped_eval = sp.map(lambda params, batch: ring_metrics(args, params, batch, attn_dtype))
 
-  @jax.jit
+  # On GPUs, the ring's K/V travel by copy-engine peer copies, one collective per step (ignored on CPUs).
+  @functools.partial(jax.jit, compiler_options=jax_flash.ring.GPU_COMPILER_OPTIONS)
   def train_step(params, opt_state, step, batch):
     metrics, grads = mapped_grads(params, batch)
     params, opt_state = adamw(args, params, grads, opt_state, step)

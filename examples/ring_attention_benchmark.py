@@ -8,7 +8,8 @@ For N devices and a per-device length L it reports, for forward and forward+back
   divided by N; causal halves them; fwd+bwd = 3.5 x forward, as in the FlashAttention papers),
 - the single-GPU kernel's throughput at length L (what each device would do on its own),
 - their ratio (1.0 = the ring costs nothing beyond its kernels), for ring_attention inside shard_map and for
-  jax_flash.attention under jit on sequence-sharded arrays (the sharding rule's ring, `--jit-rule`),
+  jax_flash.attention under jit on sequence-sharded arrays (the sharding rule's ring, `--jit-rule`), each compiled
+  with XLA's defaults ("default") and with jax_flash.ring.GPU_COMPILER_OPTIONS ("recommended"),
 - the ring's output against single-GPU attention over the whole sequence (relative error),
 - from the compiled, scheduled HLO of each ring: for every collective-permute-start, the attention kernel calls
   (custom-calls, or the conditionals that hold them) that XLA placed before its done, i.e. that run while the
@@ -18,7 +19,7 @@ For N devices and a per-device length L it reports, for forward and forward+back
   casts; the costliest named) and idle, and how much of the transfer time ran at the same time as an attention
   kernel,
 - with `--variant`, all of the above for the ring compiled with other XLA options or ring settings, e.g.
-  `--variant memcpy:xla_gpu_use_memcpy_local_p2p=true sm8:sm_margin=8 static:dynamic_schedule=false` (each
+  `--variant nccl:xla_gpu_collective_permute_mode=COLLECTIVES_PRIVATE_MEMORY sm8:sm_margin=8` (each
   LABEL:KEY=VALUE,...; sm_margin is jax_flash.ring.TRANSFER_SM_MARGIN, dynamic_schedule is
   jax_flash.ring.TRANSFER_DYNAMIC_SCHEDULE, any other key an XLA debug option passed to the compiler; a list value
   keeps its commas: xla_gpu_enable_command_buffer=FUSION,CUSTOM_CALL,CONDITIONAL).
@@ -54,7 +55,8 @@ TRANSFERS = re.compile(r"nccl|Memcpy ?(P2P|PtoP)", re.IGNORECASE)
 CALLS_PER_SAMPLE = 4
 PROFILED_CALLS = 3
 OTHER_KERNELS_NAMED = 4  # the costliest non-attention, non-transfer kernels listed per trace
-DEFAULT_VARIANT = "default"
+DEFAULT_VARIANT = "default"  # XLA's defaults
+RECOMMENDED_VARIANT = "recommended"  # compiled with jax_flash.ring.GPU_COMPILER_OPTIONS
 # Variant keys that set a jax_flash.ring constant (while the ring is traced) rather than an XLA option.
 RING_SETTINGS = {"sm_margin": "TRANSFER_SM_MARGIN", "dynamic_schedule": "TRANSFER_DYNAMIC_SCHEDULE"}
 
@@ -80,7 +82,8 @@ def parse_args():
   p.add_argument("--jit-rule", action="store_true",
                  help="also time jax_flash.attention under jit on sequence-sharded arrays (the sharding rule)")
   args = p.parse_args()
-  args.variants = [(DEFAULT_VARIANT, {}, {})] + args.variant
+  args.variants = [(DEFAULT_VARIANT, {}, {}), (RECOMMENDED_VARIANT, {}, dict(jax_flash.ring.GPU_COMPILER_OPTIONS))]
+  args.variants += args.variant
   return args
 
 

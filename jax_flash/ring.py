@@ -3,8 +3,10 @@
 Each device holds a shard of the sequence, q [B, S/N, Hq, D] and k, v [B, S/N, Hk, D]. The K/V shards travel
 around the ring of N devices with `lax.ppermute`; at every step each device runs jax_flash's kernel on its queries
 against the K/V block it holds, and merges the block's (o, lse) into a float32 running result (log-sum-exp merge).
-The backward rotates K/V again, recomputes each block's gradient from the GLOBAL o and lse (which makes it exactly
-that block's share), and carries float32 dK/dV accumulators around the ring back to their owners.
+The backward visits the blocks in the forward's reverse order (starting on the block the forward ended with, kept
+as a residual, and ending on the device's own), recomputes each block's gradient from the GLOBAL o and lse (which
+makes it exactly that block's share), and carries float32 dK/dV accumulators with the blocks, so they arrive at
+their owners during the owners' last kernels.
 
 Overlap. The next transfer is issued before the current block's kernel and neither depends on the other, so XLA
 schedules the transfer's collective-permute-start before the kernel and its done after it, on a stream of its own.
@@ -20,9 +22,8 @@ Two things keep transfer and kernel from running side by side (2 x H200 traces o
   later, so steps beside a transfer take tiles from a counter (`TRANSFER_DYNAMIC_SCHEDULE`). The forward first:
   NCCL waits for the forward's CTAs to retire and runs mostly exposed. Leaving SMs free (`TRANSFER_SM_MARGIN`)
   measured no faster.
-For ring training on GPUs, set `XLA_FLAGS=--xla_gpu_collective_permute_combine_threshold_bytes=1073741824` (or
-more than one shard's K plus V) before JAX starts: on 2 x H200 the non-causal forward went from 0.82 to 0.88 of
-the single-GPU kernel's per-GPU throughput and the causal one from 0.80 to 0.95.
+For ring training on the GPUs of one process, compile the training step with `GPU_COMPILER_OPTIONS` (below): K/V
+then move by copy-engine peer copies, one collective per step, and run beside the kernels without taking SMs.
 
 Masks. A device's shard is made of one chunk (contiguous layout) or two chunks (zigzag layout) of the global
 sequence. For each ring step, device and (query chunk, key chunk) pair, the global chunk positions decide at trace
@@ -75,6 +76,18 @@ TRANSFER_SM_MARGIN = 0
 # stride: when NCCL's kernel starts first and holds SMs, the forward CTAs that did start take the late ones' tiles, so
 # the kernel's end is not held back by the transfer (with the fixed stride it took 0.96-1.39 ms instead of 0.80).
 TRANSFER_DYNAMIC_SCHEDULE = True
+
+# XLA options for ring training on the GPUs of one process: `jax.jit(step, compiler_options=GPU_COMPILER_OPTIONS)`,
+# or as flags before JAX starts, XLA_FLAGS="--xla_gpu_collective_permute_mode=peer
+# --xla_gpu_collective_permute_combine_threshold_bytes=1073741824". Peer memory: each collective-permute is a
+# copy-engine copy into the peer GPU's buffer instead of NCCL's send/receive kernel, which cannot share SMs with the
+# persistent forward. The threshold: K and V of a step travel as one collective (XLA keeps one in flight; above
+# its default 30 MiB the second would run synchronously). They concern GPU collective-permutes only; a CPU compile
+# ignores them.
+GPU_COMPILER_OPTIONS = {
+    "xla_gpu_collective_permute_mode": "COLLECTIVES_PEER_MEMORY",
+    "xla_gpu_collective_permute_combine_threshold_bytes": 1 << 30,
+}
 
 AxisName = Hashable | tuple[Hashable, ...]
 
@@ -365,7 +378,8 @@ def _beside_transfer(config: AttentionConfig, ring: _Ring) -> AttentionConfig:
 
 
 def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
-  """o [B, S/N, Hq, D] (q's dtype), lse [B, Hq, S/N] f32 of the local queries against the whole ring's keys.
+  """o [B, S/N, Hq, D] (q's dtype), lse [B, Hq, S/N] f32 of the local queries against the whole ring's keys, and
+  the K/V block the last step held (where `_ring_backward` starts).
 
   The accumulator o is float32 between merges, and costs no extra pass where it need not: a first step whose
   kernel call covers every row starts it with the call's result (q's dtype, nothing to merge), and a final step
@@ -391,9 +405,9 @@ def _ring_forward(q, k, v, config: AttentionConfig, ring: _Ring):
       final = i + 1 == len(steps) and all(_rows_disjoint(plan) for plan in step.plans)
       o_acc, lse_acc = acc
       acc = ring.run(step, _forward_plan, q, *held, o_acc.astype(q.dtype if final else jnp.float32), lse_acc)
-    held = following
+    last_held, held = held, following
   o, lse = acc
-  return o.astype(q.dtype), lse
+  return o.astype(q.dtype), lse, last_held
 
 
 def _backward_plan(plan: _Plan, dout, q, k, v, o, lse, dlse, dq_acc):
@@ -413,42 +427,50 @@ def _backward_plan(plan: _Plan, dout, q, k, v, o, lse, dlse, dq_acc):
   return dq_acc, dk, dv
 
 
-def _ring_backward(dout, q, k, v, o, lse, dlse, config: AttentionConfig, ring: _Ring):
-  """dq, dk, dv of the local shards, from the cotangents of the global o and lse (local shards of them)."""
+def _ring_backward(dout, q, k, v, o, lse, dlse, config: AttentionConfig, ring: _Ring, last_held=None):
+  """dq, dk, dv of the local shards, from the cotangents of the global o and lse (local shards of them).
+
+  The steps run in the forward's reverse order, so the block each device holds last is its own: the float32 dK/dV
+  accumulators travel with the blocks, and the last one arrives home while the own block's kernels run, instead of
+  a transfer after the last kernel that nothing overlaps. The first step's block is `last_held`, the block the
+  forward ended with (`_ring_forward`'s third result, kept as a residual); without it, it is fetched here.
+  """
   dq_acc = jnp.zeros_like(q, dtype=jnp.float32)
-  steps = ring.schedule(q.shape[_SEQ_AXIS], _beside_transfer(config, ring))
-  held = (k, v)
+  steps = ring.schedule(q.shape[_SEQ_AXIS], _beside_transfer(config, ring))[::-1]
+  held = ring.shift((k, v), steps[0].distance) if last_held is None else last_held
   dkv = None  # float32 dK/dV accumulators of the held block; they travel with it
   for i, step in enumerate(steps):
-    hops = steps[i + 1].distance - step.distance if i + 1 < len(steps) else None
-    following = ring.shift(held, hops) if hops is not None else None
+    last = i + 1 == len(steps)
+    hops = None if last else steps[i + 1].distance - step.distance
+    # The next block is this device's own when its distance is 0: no transfer for it.
+    following = None if last else (k, v) if steps[i + 1].distance == 0 else ring.shift(held, hops)
     dq_acc, dk, dv = ring.run(step, _backward_plan, dout, q, *held, o, lse, dlse, dq_acc)
     dkv = (dk, dv) if dkv is None else (dkv[0] + dk, dkv[1] + dv)
-    if hops is None:
-      # After the last step the sums are complete: send them home to the block's owner in k's dtype (the
-      # rounding they get anyway, and half the bytes of float32 on the one transfer nothing overlaps).
-      dkv = ring.shift((dkv[0].astype(k.dtype), dkv[1].astype(v.dtype)), -step.distance)
-    else:
-      dkv = ring.shift(dkv, hops)  # the float32 accumulators travel on with the block
+    # The sums travel on with the block; after the last step they are complete and go to the block's owner (no
+    # transfer when that is this device, as it is whenever the own block has work).
+    dkv = ring.shift(dkv, -step.distance if last else hops)
     held = following
   dk, dv = dkv
-  return dq_acc.astype(q.dtype), dk, dv
+  return dq_acc.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _ring_attention(q, k, v, config: AttentionConfig, ring: _Ring):
-  return _ring_forward(q, k, v, config, ring)
+  o, lse, _ = _ring_forward(q, k, v, config, ring)
+  return o, lse
 
 
 def _ring_attention_fwd(q, k, v, config, ring):
-  o, lse = _ring_forward(q, k, v, config, ring)
-  return (o, lse), (q, k, v, o, lse)
+  # The block the forward ends on is one more K/V shard per device to keep, and spares the backward a transfer
+  # before its first kernel.
+  o, lse, last_held = _ring_forward(q, k, v, config, ring)
+  return (o, lse), (q, k, v, o, lse, last_held)
 
 
 def _ring_attention_bwd(config, ring, residuals, cotangents):
-  q, k, v, o, lse = residuals
+  q, k, v, o, lse, last_held = residuals
   dout, dlse = cotangents
-  return _ring_backward(dout.astype(q.dtype), q, k, v, o, lse, dlse.astype(jnp.float32), config, ring)
+  return _ring_backward(dout.astype(q.dtype), q, k, v, o, lse, dlse.astype(jnp.float32), config, ring, last_held)
 
 
 _ring_attention.defvjp(_ring_attention_fwd, _ring_attention_bwd)
@@ -634,7 +656,7 @@ def sharded_forward(q, k, v, config: AttentionConfig, axis_name: AxisName):
   ring = _sharded_ring(q, k, config, axis_name)
   (q,) = _into_layout(ring.layout, ring, (q,), (_SEQ_AXIS,))
   k, v = _into_layout(ring.kv_layout, ring, (k, v), (_SEQ_AXIS,) * 2)
-  o, lse = _ring_forward(q, k, v, config, ring)
+  o, lse, _ = _ring_forward(q, k, v, config, ring)
   return tuple(_out_of_layout(ring.layout, ring, (o, lse), (_SEQ_AXIS, _LSE_SEQ_AXIS)))
 
 
