@@ -88,8 +88,9 @@ def _compare(case: Case, got, want):
   np.testing.assert_allclose(lse, lse_ref, atol=LSE_ATOL[case.dtype], rtol=0)
 
 
-def _run_shard_map(case: Case, mesh, seq_axes, batch_axis, inputs):
-  """The ring under shard_map with the sequence over `seq_axes` (and the batch over `batch_axis`, or None)."""
+def _run_shard_map(case: Case, mesh, seq_axes, batch_axis, inputs, compiler_options=None):
+  """The ring under shard_map with the sequence over `seq_axes` (and the batch over `batch_axis`, or None),
+  compiled with `compiler_options`."""
   layout = _layout_of(case)
   names = seq_axes if isinstance(seq_axes, tuple) else (seq_axes,)
   shards = int(np.prod([mesh.shape[n] for n in names]))
@@ -103,7 +104,7 @@ def _run_shard_map(case: Case, mesh, seq_axes, batch_axis, inputs):
   mapped = jax.jit(jax.shard_map(
       lambda *xs: _ring_local(attention_fn, *xs), mesh=mesh,
       in_specs=(spec, spec, spec, spec, lse_spec), out_specs=(spec, lse_spec, spec, spec, spec),
-  ))
+  ), compiler_options=compiler_options)
   o, lse, dq, dk, dv = mapped(put(q, spec), put(k, spec), put(v, spec), put(dout, spec), put(dlse, lse_spec))
   back = lambda x, axis=1: ring.from_ring_layout(np.asarray(x.astype(jnp.float32)), shards, layout, axis=axis)
   return back(o), back(lse, 2), back(dq), back(dk), back(dv)
@@ -132,6 +133,14 @@ def test_ring_attention_under_shard_map_equals_single_device(rng, name):
   case = SHARD_MAP_CASES[name]
   inputs = _global_inputs(rng, case)
   got = _run_shard_map(case, _mesh((NUM_DEVICES,), ("sp",)), "sp", None, inputs)
+  _compare(case, got, _single_device(case, *inputs))
+
+
+def test_ring_attention_compiled_with_gpu_compiler_options_equals_single_device(rng):
+  # On GPUs the K/V and dK/dV transfers are then copy-engine peer copies; on CPUs XLA must still accept the options.
+  case = Case(causal=True)
+  inputs = _global_inputs(rng, case)
+  got = _run_shard_map(case, _mesh((NUM_DEVICES,), ("sp",)), "sp", None, inputs, ring.GPU_COMPILER_OPTIONS)
   _compare(case, got, _single_device(case, *inputs))
 
 
@@ -285,7 +294,7 @@ def test_ring_kernels_are_set_up_to_run_beside_the_transfers(rng, monkeypatch):
   mapped = jax.jit(jax.shard_map(
       lambda *xs: _ring_local(attention_fn, *xs), mesh=mesh,
       in_specs=(spec, spec, spec, spec, lse_spec), out_specs=(spec, lse_spec, spec, spec, spec),
-  ))
+  ), compiler_options=compiler_options)
   put = lambda x, s: jax.device_put(x, NamedSharding(mesh, s))
   sharded = (put(q, spec), put(k, spec), put(v, spec), put(dout, spec), put(dlse, lse_spec))
   ring_hlo = mapped.lower(*sharded).compile().as_text()
