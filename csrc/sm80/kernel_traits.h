@@ -60,10 +60,14 @@ struct SmemAtoms {
 };
 
 // A TiledMMA of SM80 16x8x16 atoms with kWarpsM x kWarpsN warps; each warp covers 16 rows and 16 columns per step,
-// so an x4 ldmatrix feeds both operands.
+// so an x4 ldmatrix feeds both operands. The N permutation makes a warp's 16 columns adjacent (its two 8-column atoms
+// side by side: warp w covers columns [16w, 16w + 16) of every 16 * kWarpsN) rather than 8 * kWarpsN apart, so that
+// the 4 threads of a quad hold a whole 16-column chunk of a row (the 16-byte dQ atomics rely on it).
+template <int kWarpsN>
+using WarpContiguousColumns = Layout<Shape<_8, Int<kWarpsN>, _2>, Stride<_1, _16, _8>>;
 template <typename MmaAtom, int kWarpsM, int kWarpsN>
 using WarpTiledMma = TiledMMA<MmaAtom, Layout<Shape<Int<kWarpsM>, Int<kWarpsN>, _1>>,
-                              Tile<Int<16 * kWarpsM>, Int<16 * kWarpsN>, _16>>;
+                              Tile<Int<16 * kWarpsM>, WarpContiguousColumns<kWarpsN>, _16>>;
 
 // (cols, rows) view of a row-major [rows, cols] smem layout, for operands that the MMA reads transposed.
 template <typename SmemLayout, int kRows, int kCols>
