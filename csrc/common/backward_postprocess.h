@@ -19,25 +19,30 @@ constexpr int kPostprocessThreads = 256;
 constexpr int kPostprocessBlocksPerSm = 8;
 
 // count8: number of elements / 8 (a multiple of the head dim, itself a multiple of 8). Each thread converts 8
-// consecutive columns of a row: in natural order two float4 loads; in quad-interleaved order the four float2 pairs
-// of one half of a 16-column chunk (h = 0: columns 0..7, h = 1: columns 8..15), at positions 4t + 2h, t = 0..3.
+// consecutive columns of one (batch, position, head) row: in natural order two float4 loads; in warp-coalesced order
+// (common/dq_accum_order.h) four float2 pairs, wherever the order put them inside the row's 8 x 32 block.
 template <class Element, DqAccumOrder kOrder>
 __global__ void __launch_bounds__(kPostprocessThreads)
-    backward_postprocess_kernel(const float* dq_accum, Element* dq, int64_t count8, int head_dim, float scale) {
+    backward_postprocess_kernel(const float* dq_accum, Element* dq, int64_t count8, int64_t seqlen, int heads,
+                                int head_dim, float scale) {
   constexpr int kPairs = kElementsPer16Bytes / 2;
   const int groups_per_row = head_dim / kElementsPer16Bytes;
+  const int64_t row_stride = int64_t(heads) * head_dim;  // from one sequence position to the next
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count8; i += int64_t(gridDim.x) * blockDim.x) {
     float in[kElementsPer16Bytes];
     const float* group = dq_accum + kElementsPer16Bytes * i;
-    const int col = int(i % groups_per_row) * kElementsPer16Bytes;
-    if (kOrder == DqAccumOrder::kQuadInterleaved && dq_chunk_is_full(col, head_dim)) {
-      const float* chunk = group - col % kDqChunkCols;
-      const int half_start = col % kDqChunkCols;  // 0 or 8
+    const int64_t row = i / groups_per_row;  // (batch, position, head)
+    const int col = int(i - row * groups_per_row) * kElementsPer16Bytes;
+    const int64_t position = (row / heads) % seqlen;
+    if (kOrder == DqAccumOrder::kWarpCoalesced && dq_block_is_full(position, col, seqlen, head_dim)) {
+      const int r = int(position % kDqBlockRows);
+      const float* block = group - r * row_stride - col % kDqBlockCols;  // the block's (0, 0)
 #pragma unroll
-      for (int t = 0; t < kPairs; ++t) {
-        const float2 pair = *reinterpret_cast<const float2*>(chunk + quad_interleaved_position(half_start + 2 * t));
-        in[2 * t] = pair.x;
-        in[2 * t + 1] = pair.y;
+      for (int pair = 0; pair < kPairs; ++pair) {
+        const DqSlot at = warp_coalesced_slot(r, col % kDqBlockCols + 2 * pair);
+        const float2 v = *reinterpret_cast<const float2*>(block + at.row * row_stride + at.col);
+        in[2 * pair] = v.x;
+        in[2 * pair + 1] = v.y;
       }
     } else {
       const float4 lo = reinterpret_cast<const float4*>(group)[0];
@@ -61,7 +66,7 @@ cudaError_t launch_backward_postprocess(const AttentionParams& p, const float* d
   const int64_t blocks = std::min<int64_t>((count8 + kPostprocessThreads - 1) / kPostprocessThreads,
                                            int64_t(sm_count) * kPostprocessBlocksPerSm);
   backward_postprocess_kernel<Element, kOrder><<<unsigned(blocks), kPostprocessThreads, 0, stream>>>(
-      dq_accum, static_cast<Element*>(dq), count8, int(p.head_dim), p.softmax_scale);
+      dq_accum, static_cast<Element*>(dq), count8, p.seqlen_q, int(p.heads_q), int(p.head_dim), p.softmax_scale);
   return cudaGetLastError();
 }
 

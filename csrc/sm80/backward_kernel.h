@@ -284,7 +284,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) backward_kernel(const Bac
       }
       __syncthreads();
     }
-    atomic_add_tile<kBlockM, kHeadDim>(thr_dq.partition_C(gdQaccum), acc_dq, dq_coords, valid_rows, head_dim);
+    atomic_add_tile<kBlockM, kHeadDim>(thr_dq.partition_C(gdQaccum), acc_dq, dq_coords, valid_rows, head_dim,
+                                       int(q_row_stride));
     if (semaphore != nullptr) {
       __threadfence();
       __syncthreads();
