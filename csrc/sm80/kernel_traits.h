@@ -79,15 +79,15 @@ using TransposedLayout =
 // ---------------------------------------------------------------------------------------------------------------
 template <int kHeadDim>
 struct ForwardBlockShape;
-// {block M, block N, warps}: FlashAttention-2's choices for H100-class shared memory, except 128 x 64 (not 128 x 128)
-// at head dim 64, where a 128-wide score tile spills registers. Head dim 256: 64 x 64 with 4 warps (96 KB of shared
-// memory, so 2 CTAs per Hopper SM), FlashAttention-2's H100 choice; on A100 (164 KB per SM) it keeps 128 x 64 with
-// 8 warps, which this single instance gives up there.
+// {block M, block N, warps}: FlashAttention-2's choices for A100-class shared memory, except 128 x 64 (not 128 x 128)
+// at head dim 64, where a 128-wide score tile spills registers. Head dim 256 keeps 128 x 64 with 8 warps: FA2's H100
+// choice, 64 x 64 with 4 warps (2 CTAs per SM), measured slower here (H200, fwd S 4096 non-causal: 274 TFLOP/s, vs
+// 292 for 128 x 64 in the previous measurement; slower at 9 of the 12 forward shapes).
 template <> struct ForwardBlockShape<64> { static constexpr int kM = 128, kN = 64, kWarps = 4; };
 template <> struct ForwardBlockShape<96> { static constexpr int kM = 128, kN = 64, kWarps = 4; };
 template <> struct ForwardBlockShape<128> { static constexpr int kM = 128, kN = 64, kWarps = 4; };
 template <> struct ForwardBlockShape<192> { static constexpr int kM = 128, kN = 64, kWarps = 8; };
-template <> struct ForwardBlockShape<256> { static constexpr int kM = 64, kN = 64, kWarps = 4; };
+template <> struct ForwardBlockShape<256> { static constexpr int kM = 128, kN = 64, kWarps = 8; };
 
 template <int kHeadDim_, ElementKind kKind>
 struct ForwardTraits {
