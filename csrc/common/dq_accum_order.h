@@ -1,8 +1,9 @@
 // Where a dQ element lives in the float32 accumulator dq_accum [B, Sq, Hq, D]. The sm80 backward adds into it from
 // MMA accumulators, where lane L of a warp holds, for one row group of 8 rows and one 16-column chunk, row L / 4 at
-// columns 2t, 2t+1, 8+2t, 9+2t (t = L % 4). Stored in natural order, one warp-wide atomic would touch 8 rows, i.e. 8
-// cache lines for 256 bytes: the atomics, not the tensor cores, then fill the L1 pipe (Nsight Compute, H200). In the
-// "warp-coalesced" order each lane's 4 values are adjacent and a warp's 32 lanes fill 4 whole 128-byte lines:
+// columns 2t, 2t+1, 8+2t, 9+2t (t = L % 4). Stored in natural order, one warp-wide atomic touches 8 rows, i.e. 8
+// cache lines for 256 bytes (Nsight Compute, H200, D128: 30% of the backward's L1 wavefronts, 6x FlashAttention-2's
+// global share, with 8-byte atomics). In the "warp-coalesced" order each lane's 4 values are adjacent and a warp's 32
+// lanes fill 4 whole 128-byte lines, like FlashAttention-2's coalesced dQ accumulator layout:
 //
 //   inside each block of 8 rows (aligned to 8 in the sequence) x 32 columns (aligned to 32 in the head dim),
 //   natural (row r, column c) sits at (row 4 * (c / 16) + r / 2, column 16 * (r % 2) + quad(c % 16)),
