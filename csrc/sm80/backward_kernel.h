@@ -231,19 +231,26 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) backward_kernel(const Bac
             smem_operand(copy_kv, thr_copy_kv, tdPsV, tdPrV));
     if (scales.softcapped) apply_softcap(acc_s, scales.tanh_in);
 
-    // P and dS in place of S and dP.
+    // P and dS in place of S and dP; the softcap factor is chosen once per block, not per element.
     Tensor probs = as_rowcol(acc_s);
     Tensor dscores = as_rowcol(acc_dp);
-    CUTE_UNROLL
-    for (int r = 0; r < kRows; ++r) {
+    auto probs_and_dscores = [&](auto softcapped) {
       CUTE_UNROLL
-      for (int c = 0; c < size<1>(probs); ++c) {
-        const float y = probs(r, c);
-        const float prob = exp2f(y * scales.score_scale_log2 - lse_log2[r]);
-        const float ds = prob * (dscores(r, c) - softmax_d[r]);
-        probs(r, c) = prob;
-        dscores(r, c) = scales.softcapped ? ds * (1.0f - y * y) : ds;
+      for (int r = 0; r < kRows; ++r) {
+        CUTE_UNROLL
+        for (int c = 0; c < size<1>(probs); ++c) {
+          const float y = probs(r, c);
+          const float prob = exp2f(y * scales.score_scale_log2 - lse_log2[r]);
+          const float ds = prob * (dscores(r, c) - softmax_d[r]);
+          probs(r, c) = prob;
+          dscores(r, c) = decltype(softcapped)::value ? ds * (1.0f - y * y) : ds;
+        }
       }
+    };
+    if (scales.softcapped) {
+      probs_and_dscores(cute::true_type{});
+    } else {
+      probs_and_dscores(cute::false_type{});
     }
     if (!block_fully_visible(p, rows, key_block)) {
       mask_block<kBlockN>(score_coords, p, row0, key_block.begin, [&](int r, int c) {
@@ -277,7 +284,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) backward_kernel(const Bac
       }
       __syncthreads();
     }
-    atomic_add_tile<kBlockM, kHeadDim>(thr_dq.partition_C(gdQaccum), acc_dq, dq_coords, valid_rows, head_dim);
+    atomic_add_tile<kBlockM, kHeadDim>(thr_dq.partition_C(gdQaccum), acc_dq, dq_coords, valid_rows, head_dim,
+                                       int(q_row_stride));
     if (semaphore != nullptr) {
       __threadfence();
       __syncthreads();

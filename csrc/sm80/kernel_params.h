@@ -39,7 +39,9 @@ struct BackwardArgs {
   void* dk;
   void* dv;
   // Workspaces (outputs of the custom call, so nothing is allocated at run time):
-  float* dq_accum;   // [B, Sq, Hq, D] float32: dQ summed over key blocks with atomics, converted to dq at the end
+  // [B, Sq, Hq, D] float32: dQ summed over key blocks with atomics, converted to dq at the end; the elements of each
+  // full 8-row x 32-column block are permuted (common/dq_accum_order.h, warp-coalesced order).
+  float* dq_accum;
   float* softmax_d;  // [B, Hq, Sq] float32: rowsum(dout * o) - dlse
   // [B, Hq, Sq] int32, or null: with it, key blocks add their dQ into each query block in ascending order
   // (common/dq_order.h), so dq is bitwise reproducible; without it they add as they come.

@@ -34,7 +34,8 @@ cudaError_t run_backward(const BackwardArgs& args, const LaunchContext& ctx) {
   kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, ctx.stream>>>(args);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
 
-  return launch_backward_postprocess<Element>(p, args.dq_accum, args.dq, ctx.sm_count, ctx.stream);
+  return launch_backward_postprocess<Element, DqAccumOrder::kWarpCoalesced>(p, args.dq_accum, args.dq, ctx.sm_count,
+                                                                             ctx.stream);
 }
 
 }  // namespace jax_flash::sm80
