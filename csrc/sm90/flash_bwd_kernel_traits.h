@@ -128,8 +128,9 @@ struct BwdKernelTraits {
   using Pipeline = TmaPipeline<kStages>;
   // The producer warp's 32 lanes also arrive on a Q stage's full barrier, after writing its lse and softmax_d.
   static constexpr int kQFullArrivals = 1 + kNumProducerThreads;
-  // A stage is released by every consumer warp, or by the dQ warp when the stage holds the dQ tile.
-  static constexpr int kQEmptyArrivals = kDqInQdOStage ? 1 : kNumMmaWarps;
+  // A stage is released by every consumer thread (they read its lse and softmax_d with ordinary loads), or by the
+  // dQ warp when the stage holds the dQ tile (the consumers hand it over through the kDqFull named barrier).
+  static constexpr int kQEmptyArrivals = kDqInQdOStage ? 1 : kNumMmaThreads;
   static_assert(!kDqInQdOStage || (kDqSplitsHeadDim && kBlockM * kHeadDim * sizeof(float) ==
                                                            2 * kBlockM * kHeadDim * sizeof(Element)),
                 "the dQ tile must fill exactly the Q and dO blocks of a stage");

@@ -134,7 +134,7 @@ struct BwdMainloop {
       warpgroup_fence_operand(tSrS);
       if constexpr (!kSplit) {
         warpgroup_fence_operand(tdKrdK);
-        if (i > 0) pipe.consumer_release(previous);
+        if (i > 0) pipe.consumer_release_per_thread(previous);
       }
       CUTE_UNROLL
       for (int n = 0; n < size<1>(s); ++n) {
@@ -190,7 +190,7 @@ struct BwdMainloop {
         warpgroup_wait<1>();  // dV and dK done: the Q stage may be refilled (or take the dQ tile)
         warpgroup_fence_operand(tdVrdV);
         warpgroup_fence_operand(tdKrdK);
-        if constexpr (!Traits::kDqInQdOStage) pipe.consumer_release(st);
+        if constexpr (!Traits::kDqInQdOStage) pipe.consumer_release_per_thread(st);
         warpgroup_wait<0>();
       } else {
         warpgroup_gemm<-1>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, /*zero_init=*/true);
@@ -216,7 +216,7 @@ struct BwdMainloop {
     if constexpr (!kSplit) {
       warpgroup_wait<0>();
       warpgroup_fence_operand(tdKrdK);
-      if (work.iterations > 0) pipe.consumer_release(previous);
+      if (work.iterations > 0) pipe.consumer_release_per_thread(previous);
     }
   }
 };
