@@ -5,12 +5,13 @@
 // Causal/window problems have tiles of unequal work: a global counter hands out tiles in longest-first order
 // (largest m_block first under the bottom-right-aligned mask), head-batch pairs grouped into sections whose K/V
 // fit in L2. The producer warp fetches the next tile while it loads the current one; it hands the index to the
-// consumers through shared memory before their epilogue.
+// consumers through a shared-memory slot guarded by two mbarriers: full (the producer's lane 0 wrote it; its arrive
+// releases the store) and empty (every consumer thread read it; each thread's arrive releases its own load).
 #pragma once
 
 #include <cstdint>
 
-#include "sm90/named_barriers.h"
+#include <cutlass/arch/barrier.h>
 
 namespace jax_flash::sm90 {
 
@@ -31,10 +32,22 @@ struct TileCoord {
 
 template <int kNumMmaThreads, int kNumProducerThreads>
 struct TileScheduler {
-  static constexpr uint32_t kHandoffThreads = kNumMmaThreads + kNumProducerThreads;
+  // The next-tile slot and its barriers (used by the dynamic schedule only).
+  struct SharedStorage {
+    uint64_t full;   // one arrival: the producer's lane 0, after writing next_tile
+    uint64_t empty;  // kNumMmaThreads arrivals: every consumer thread, after reading next_tile
+    int next_tile;
+  };
 
   const SchedulerParams& params;
-  int* next_tile_slot;  // shared memory
+  SharedStorage* slot;
+  uint32_t phase = 0;  // parity of this thread's handoffs so far
+
+  // One thread initialises; the caller fences (fence_barrier_init) and syncs the CTA before first use.
+  __device__ __forceinline__ static void init(SharedStorage& s) {
+    cutlass::arch::ClusterBarrier::init(&s.full, 1);
+    cutlass::arch::ClusterBarrier::init(&s.empty, kNumMmaThreads);
+  }
 
   __device__ __forceinline__ bool dynamic() const { return params.tile_counter != nullptr; }
   __device__ __forceinline__ bool valid(int tile) const { return tile < params.total_tiles; }
@@ -57,11 +70,6 @@ struct TileScheduler {
     return {m_block, head_batch % params.num_heads, head_batch / params.num_heads};
   }
 
-  // Consumers, once before their first tile: the next-tile slot starts empty.
-  __device__ __forceinline__ void consumer_init() const {
-    if (dynamic()) named_barrier_arrive(kHandoffThreads, barrier_id(NamedBarrier::kTileEmpty));
-  }
-
   // Producer warp, during the loads of `tile`: claim the next tile (lane 0 holds the claimed index).
   __device__ __forceinline__ int producer_prefetch(int tile) const {
     if (!dynamic()) return tile + gridDim.x;
@@ -69,21 +77,26 @@ struct TileScheduler {
   }
 
   // Producer warp: publish the prefetched tile and return it.
-  __device__ __forceinline__ int producer_next(int prefetched) const {
+  __device__ __forceinline__ int producer_next(int prefetched) {
     if (!dynamic()) return prefetched;
     const int next = __shfl_sync(0xffffffff, prefetched, 0);
-    named_barrier_sync(kHandoffThreads, barrier_id(NamedBarrier::kTileEmpty));
-    if (threadIdx.x % kNumProducerThreads == 0) *next_tile_slot = next;
-    named_barrier_arrive(kHandoffThreads, barrier_id(NamedBarrier::kTileFull));
+    // The consumers have read the previous index (the first wait, on a fresh barrier, passes at once).
+    cutlass::arch::ClusterBarrier::wait(&slot->empty, phase ^ 1);
+    if (threadIdx.x % kNumProducerThreads == 0) {
+      slot->next_tile = next;
+      cutlass::arch::ClusterBarrier::arrive(&slot->full);
+    }
+    phase ^= 1;
     return next;
   }
 
   // Consumers: the tile after `tile`.
-  __device__ __forceinline__ int consumer_next(int tile) const {
+  __device__ __forceinline__ int consumer_next(int tile) {
     if (!dynamic()) return tile + gridDim.x;
-    named_barrier_sync(kHandoffThreads, barrier_id(NamedBarrier::kTileFull));
-    const int next = *next_tile_slot;
-    named_barrier_arrive(kHandoffThreads, barrier_id(NamedBarrier::kTileEmpty));
+    cutlass::arch::ClusterBarrier::wait(&slot->full, phase);
+    const int next = slot->next_tile;
+    cutlass::arch::ClusterBarrier::arrive(&slot->empty);
+    phase ^= 1;
     return next;
   }
 };
