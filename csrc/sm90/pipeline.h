@@ -22,6 +22,11 @@ struct PipelineState {
       phase ^= 1;
     }
   }
+
+  // The position one step back (a consumer that holds on to a stage for one more step releases it from there).
+  __device__ __forceinline__ PipelineState previous() const {
+    return index == 0 ? PipelineState{kStages - 1, phase ^ 1} : PipelineState{index - 1, phase};
+  }
 };
 
 template <int kStages_>
