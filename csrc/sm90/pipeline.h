@@ -8,6 +8,8 @@
 
 #include <cutlass/arch/barrier.h>
 
+#include "sm90/mbarrier.h"
+
 namespace jax_flash::sm90 {
 
 // Position in the ring: the stage index and the parity of the current pass over the ring.
@@ -58,7 +60,7 @@ struct TmaPipeline {
   // Producer warp (all lanes): wait until the consumers released the stage; the first pass over fresh barriers
   // does not wait.
   __device__ __forceinline__ void producer_wait(const State& st) const {
-    EmptyBarrier::wait(&storage->empty[st.index], st.phase ^ 1);
+    mbarrier_wait(&storage->empty[st.index], st.phase ^ 1);
   }
 
   // Producer leader lane: announce the bytes the TMA copies into the stage will deliver; returns the barrier
@@ -69,7 +71,7 @@ struct TmaPipeline {
   }
 
   __device__ __forceinline__ void consumer_wait(const State& st) const {
-    FullBarrier::wait(&storage->full[st.index], st.phase);
+    mbarrier_wait(&storage->full[st.index], st.phase);
   }
 
   // Called by every consumer thread after its warpgroup_wait covered the GEMM that read the stage; one lane per
@@ -84,7 +86,7 @@ struct TmaPipeline {
   // with no warp-level sync between a lane's loads and another lane's arrive (one that compute-sanitizer's
   // racecheck cannot follow).
   __device__ __forceinline__ void consumer_release_per_thread(const State& st) const {
-    EmptyBarrier::arrive(&storage->empty[st.index]);
+    mbarrier_arrive(&storage->empty[st.index]);
   }
 };
 

@@ -13,6 +13,8 @@
 
 #include <cutlass/arch/barrier.h>
 
+#include "sm90/mbarrier.h"
+
 namespace jax_flash::sm90 {
 
 struct SchedulerParams {
@@ -81,10 +83,10 @@ struct TileScheduler {
     if (!dynamic()) return prefetched;
     const int next = __shfl_sync(0xffffffff, prefetched, 0);
     // The consumers have read the previous index (the first wait, on a fresh barrier, passes at once).
-    cutlass::arch::ClusterBarrier::wait(&slot->empty, phase ^ 1);
+    mbarrier_wait(&slot->empty, phase ^ 1);
     if (threadIdx.x % kNumProducerThreads == 0) {
       slot->next_tile = next;
-      cutlass::arch::ClusterBarrier::arrive(&slot->full);
+      mbarrier_arrive(&slot->full);
     }
     phase ^= 1;
     return next;
@@ -93,9 +95,9 @@ struct TileScheduler {
   // Consumers: the tile after `tile`.
   __device__ __forceinline__ int consumer_next(int tile) {
     if (!dynamic()) return tile + gridDim.x;
-    cutlass::arch::ClusterBarrier::wait(&slot->full, phase);
+    mbarrier_wait(&slot->full, phase);
     const int next = slot->next_tile;
-    cutlass::arch::ClusterBarrier::arrive(&slot->empty);
+    mbarrier_arrive(&slot->empty);
     phase ^= 1;
     return next;
   }
