@@ -189,7 +189,7 @@ struct BwdMainloop {
         warpgroup_wait<1>();  // dV and dK done: the Q stage may be refilled (or take the dQ tile)
         warpgroup_fence_operand(tdVrdV);
         warpgroup_fence_operand(tdKrdK);
-        if constexpr (!Traits::kDqInQdOStage) pipe.consumer_release_per_thread(st);
+        pipe.consumer_release_per_thread(st);  // with kDqInQdOStage, the dQ warp's release completes it
         warpgroup_wait<0>();
       } else {
         warpgroup_gemm<-1>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, /*zero_init=*/true);

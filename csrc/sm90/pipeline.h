@@ -60,7 +60,7 @@ struct TmaPipeline {
   // Producer warp (all lanes): wait until the consumers released the stage; the first pass over fresh barriers
   // does not wait.
   __device__ __forceinline__ void producer_wait(const State& st) const {
-    mbarrier_wait(&storage->empty[st.index], st.phase ^ 1);
+    EmptyBarrier::wait(&storage->empty[st.index], st.phase ^ 1);
   }
 
   // Producer leader lane: announce the bytes the TMA copies into the stage will deliver; returns the barrier
@@ -71,7 +71,7 @@ struct TmaPipeline {
   }
 
   __device__ __forceinline__ void consumer_wait(const State& st) const {
-    mbarrier_wait(&storage->full[st.index], st.phase);
+    FullBarrier::wait(&storage->full[st.index], st.phase);
   }
 
   // Called by every consumer thread after its warpgroup_wait covered the GEMM that read the stage; one lane per
