@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   cutlass::arch::fence_barrier_init();
   __syncthreads();
 
-  Scheduler scheduler{params.scheduler, &smem.scheduler};
+  const Scheduler scheduler{params.scheduler, &smem.scheduler};
   const Pipeline pipe_k{&smem.pipeline_k};
   const Pipeline pipe_v{&smem.pipeline_v};
   State st;
@@ -65,6 +65,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     const MainloopMma<Traits> mainloop(warpgroup - 1);
     const Epilogue<Traits> epilogue;
     mainloop.init();
+    scheduler.consumer_init();
     for (int tile = scheduler.initial_tile(); scheduler.valid(tile);) {
       const TileCoord coord = scheduler.coord(tile);
       Tensor tOrO = partition_fragment_C(typename Traits::TiledMmaPV{}, select<0, 1>(typename Traits::TileShapePV{}));

@@ -17,16 +17,27 @@ __device__ __forceinline__ void mbarrier_arrive(uint64_t* barrier) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(cute::cast_smem_ptr_to_uint(barrier)) : "memory");
 }
 
-// Returns once the barrier's phase of parity `parity` has completed.
-__device__ __forceinline__ void mbarrier_wait(uint64_t* barrier, uint32_t parity) {
+// Arrives and returns the state of the phase it arrived on, for mbarrier_wait_phase: a thread that takes part in
+// every phase of a barrier can wait without keeping a parity.
+__device__ __forceinline__ uint64_t mbarrier_arrive_phase(uint64_t* barrier) {
+  uint64_t state;
+  asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1];"
+               : "=l"(state)
+               : "r"(cute::cast_smem_ptr_to_uint(barrier))
+               : "memory");
+  return state;
+}
+
+// Returns once the phase `state` (from mbarrier_arrive_phase on the same barrier) has completed.
+__device__ __forceinline__ void mbarrier_wait_phase(uint64_t* barrier, uint64_t state) {
   asm volatile(
       "{\n\t"
       ".reg .pred done;\n\t"
       "WAIT:\n\t"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1, %2;\n\t"
+      "mbarrier.try_wait.shared::cta.b64 done, [%0], %1, %2;\n\t"
       "@!done bra WAIT;\n\t"
       "}" ::"r"(cute::cast_smem_ptr_to_uint(barrier)),
-      "r"(parity), "r"(kTryWaitSuspendHintNs)
+      "l"(state), "r"(kTryWaitSuspendHintNs)
       : "memory");
 }
 

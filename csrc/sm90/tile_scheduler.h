@@ -5,8 +5,9 @@
 // Causal/window problems have tiles of unequal work: a global counter hands out tiles in longest-first order
 // (largest m_block first under the bottom-right-aligned mask), head-batch pairs grouped into sections whose K/V
 // fit in L2. The producer warp fetches the next tile while it loads the current one; it hands the index to the
-// consumers through a shared-memory slot guarded by two mbarriers: full (the producer's lane 0 wrote it; its arrive
-// releases the store) and empty (every consumer thread read it; each thread's arrive releases its own load).
+// consumers through a shared-memory slot and two mbarriers that the producer's lane 0 and every consumer thread
+// arrive on in every phase (so neither side keeps a parity): full completes once the producer has stored the index
+// (its arrive releases the store), empty once every consumer has loaded it (each thread's arrive releases its load).
 #pragma once
 
 #include <cstdint>
@@ -34,21 +35,21 @@ struct TileCoord {
 
 template <int kNumMmaThreads, int kNumProducerThreads>
 struct TileScheduler {
-  // The next-tile slot and its barriers (used by the dynamic schedule only).
+  // The next-tile slot and its barriers (used by the dynamic schedule only), each with kNumMmaThreads + 1 arrivals.
   struct SharedStorage {
-    uint64_t full;   // one arrival: the producer's lane 0, after writing next_tile
-    uint64_t empty;  // kNumMmaThreads arrivals: every consumer thread, after reading next_tile
+    uint64_t full;   // the consumers before their wait; the producer's lane 0 after its store
+    uint64_t empty;  // the consumers after their load (and once at the start); the producer's lane 0 before its wait
     int next_tile;
   };
+  static constexpr int kSlotArrivals = kNumMmaThreads + 1;
 
   const SchedulerParams& params;
   SharedStorage* slot;
-  uint32_t phase = 0;  // parity of this thread's handoffs so far
 
   // One thread initialises; the caller fences (fence_barrier_init) and syncs the CTA before first use.
   __device__ __forceinline__ static void init(SharedStorage& s) {
-    cutlass::arch::ClusterBarrier::init(&s.full, 1);
-    cutlass::arch::ClusterBarrier::init(&s.empty, kNumMmaThreads);
+    cutlass::arch::ClusterBarrier::init(&s.full, kSlotArrivals);
+    cutlass::arch::ClusterBarrier::init(&s.empty, kSlotArrivals);
   }
 
   __device__ __forceinline__ bool dynamic() const { return params.tile_counter != nullptr; }
@@ -78,27 +79,30 @@ struct TileScheduler {
     return threadIdx.x % kNumProducerThreads == 0 ? atomicAdd(params.tile_counter, 1) + int(gridDim.x) : 0;
   }
 
+  // Consumers, once before their first tile: the slot starts free.
+  __device__ __forceinline__ void consumer_init() const {
+    if (dynamic()) mbarrier_arrive(&slot->empty);
+  }
+
   // Producer warp: publish the prefetched tile and return it.
-  __device__ __forceinline__ int producer_next(int prefetched) {
+  __device__ __forceinline__ int producer_next(int prefetched) const {
     if (!dynamic()) return prefetched;
     const int next = __shfl_sync(0xffffffff, prefetched, 0);
-    // The consumers have read the previous index (the first wait, on a fresh barrier, passes at once).
-    mbarrier_wait(&slot->empty, phase ^ 1);
     if (threadIdx.x % kNumProducerThreads == 0) {
+      mbarrier_wait_phase(&slot->empty, mbarrier_arrive_phase(&slot->empty));  // the consumers have read the last
       slot->next_tile = next;
       mbarrier_arrive(&slot->full);
     }
-    phase ^= 1;
+    __syncwarp();
     return next;
   }
 
   // Consumers: the tile after `tile`.
-  __device__ __forceinline__ int consumer_next(int tile) {
+  __device__ __forceinline__ int consumer_next(int tile) const {
     if (!dynamic()) return tile + gridDim.x;
-    mbarrier_wait(&slot->full, phase);
+    mbarrier_wait_phase(&slot->full, mbarrier_arrive_phase(&slot->full));
     const int next = slot->next_tile;
     mbarrier_arrive(&slot->empty);
-    phase ^= 1;
     return next;
   }
 };
