@@ -4,7 +4,8 @@
 // blocks' CTAs land in an unspecified order, so the float32 sums are not bitwise reproducible run to run; with a
 // semaphore workspace each CTA waits for its turn (ascending key block, common/dq_order.h) and lets the next one go
 // only once its addition has completed. When the tile lies in the bytes of the step's Q/dO stage
-// (Traits::kDqInQdOStage), the dQ warp releases that stage to the producer once its TMA has read the tile.
+// (Traits::kDqInQdOStage), the dQ warp's arrival on the stage's empty barrier, once its TMA has read the tile, joins
+// the consumer threads' (they release the lse and softmax_d they read).
 #pragma once
 
 #include <cute/tensor.hpp>

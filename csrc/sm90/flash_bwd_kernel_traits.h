@@ -15,8 +15,8 @@
 //
 // kDqInQdOStage: a step's float32 dQ tile [kBlockM, kHeadDim] is as large as its Q and dO blocks together, so it
 // is staged in their bytes (Q and dO of a stage lie next to each other) once both warpgroups are done with them,
-// rather than in a buffer of its own; the dQ warp then releases the stage to the producer after its TMA has read
-// the tile. The saved shared memory buys a second Q/dO stage at head dim 256.
+// rather than in a buffer of its own; the stage then goes back to the producer only once the dQ warp's TMA has
+// read the tile too. The saved shared memory buys a second Q/dO stage at head dim 256.
 #pragma once
 
 #include "sm90/kernel_traits.h"
@@ -128,8 +128,9 @@ struct BwdKernelTraits {
   using Pipeline = TmaPipeline<kStages>;
   // The producer warp's 32 lanes also arrive on a Q stage's full barrier, after writing its lse and softmax_d.
   static constexpr int kQFullArrivals = 1 + kNumProducerThreads;
-  // A stage is released by every consumer warp, or by the dQ warp when the stage holds the dQ tile.
-  static constexpr int kQEmptyArrivals = kDqInQdOStage ? 1 : kNumMmaWarps;
+  // A stage is released by every consumer thread (each read its lse and softmax_d with ordinary loads), and also by
+  // the dQ warp when the stage holds the dQ tile (once its TMA has read the tile).
+  static constexpr int kQEmptyArrivals = kNumMmaThreads + (kDqInQdOStage ? 1 : 0);
   static_assert(!kDqInQdOStage || (kDqSplitsHeadDim && kBlockM * kHeadDim * sizeof(float) ==
                                                            2 * kBlockM * kHeadDim * sizeof(Element)),
                 "the dQ tile must fill exactly the Q and dO blocks of a stage");

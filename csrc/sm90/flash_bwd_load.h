@@ -10,6 +10,7 @@
 
 #include "sm90/flash_bwd_kernel_traits.h"
 #include "sm90/flash_bwd_work.h"
+#include "sm90/mbarrier.h"
 #include "sm90/softmax.h"
 
 namespace jax_flash::sm90 {
@@ -78,7 +79,7 @@ struct BwdLoad {
         smem.lse_log2[st.index][r] = lse == -INFINITY ? INFINITY : lse * kLog2e;
         smem.softmax_d[st.index][r] = in_range ? params.softmax_d[stats + row] : 0.f;
       }
-      cutlass::arch::ClusterBarrier::arrive(&pipe.storage->full[st.index]);
+      mbarrier_arrive(&pipe.storage->full[st.index]);  // releases this lane's stores
       st.advance();
     }
   }

@@ -119,7 +119,6 @@ struct BwdMainloop {
     // is waited for only once S and dP of step i + 1 are issued behind it; its Q stage is released then. With a
     // split head dim, dK^T and dV^T are waited for within the step.
     State st;
-    State previous;
     for (int i = 0; i < work.iterations; ++i) {
       const int m_block = work.m_block(i);
       const int ds_stage = i % Traits::kDsStages;
@@ -134,7 +133,7 @@ struct BwdMainloop {
       warpgroup_fence_operand(tSrS);
       if constexpr (!kSplit) {
         warpgroup_fence_operand(tdKrdK);
-        if (i > 0) pipe.consumer_release(previous);
+        if (i > 0) pipe.consumer_release_per_thread(st.previous());
       }
       CUTE_UNROLL
       for (int n = 0; n < size<1>(s); ++n) {
@@ -190,7 +189,7 @@ struct BwdMainloop {
         warpgroup_wait<1>();  // dV and dK done: the Q stage may be refilled (or take the dQ tile)
         warpgroup_fence_operand(tdVrdV);
         warpgroup_fence_operand(tdKrdK);
-        if constexpr (!Traits::kDqInQdOStage) pipe.consumer_release(st);
+        pipe.consumer_release_per_thread(st);  // with kDqInQdOStage, the dQ warp's release completes it
         warpgroup_wait<0>();
       } else {
         warpgroup_gemm<-1>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, /*zero_init=*/true);
@@ -210,13 +209,12 @@ struct BwdMainloop {
       copy(tdQrdQ, thr_mma_dq.partition_C(sdQ));
       cutlass::arch::fence_view_async_shared();  // visible to the TMA reduce-add (async proxy)
       named_barrier_arrive(kDqHandoffThreads, barrier_id(BwdNamedBarrier::kDqFull));
-      previous = st;
       st.advance();
     }
     if constexpr (!kSplit) {
       warpgroup_wait<0>();
       warpgroup_fence_operand(tdKrdK);
-      if (work.iterations > 0) pipe.consumer_release(previous);
+      if (work.iterations > 0) pipe.consumer_release_per_thread(st.previous());  // the last step's stage
     }
   }
 };

@@ -39,11 +39,12 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     Pipeline::init(smem.pipeline_v, Traits::kNumMmaWarps);
     cutlass::arch::ClusterTransactionBarrier::init(&smem.q_full, 1);
     cutlass::arch::ClusterBarrier::init(&smem.o_read, 1);
+    Scheduler::init(smem.scheduler);
   }
   cutlass::arch::fence_barrier_init();
   __syncthreads();
 
-  const Scheduler scheduler{params.scheduler, &smem.next_tile};
+  const Scheduler scheduler{params.scheduler, &smem.scheduler};
   const Pipeline pipe_k{&smem.pipeline_k};
   const Pipeline pipe_v{&smem.pipeline_v};
   State st;

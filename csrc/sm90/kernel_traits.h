@@ -13,6 +13,7 @@
 #include <cutlass/numeric_types.h>
 
 #include "sm90/pipeline.h"
+#include "sm90/tile_scheduler.h"
 
 namespace jax_flash::sm90 {
 
@@ -104,7 +105,7 @@ struct FwdKernelTraits {
     // The epilogue's TMA store has read O out of shared memory, so V's bytes may be overwritten (one arrival).
     uint64_t o_read;
     // The next tile index, handed from the producer warp to the consumers by the dynamic scheduler.
-    int next_tile;
+    typename TileScheduler<kNumMmaThreads, kNumProducerThreads>::SharedStorage scheduler;
   };
   static_assert(cosize_v<SmemLayoutO> <= cosize_v<SmemLayoutVt>, "the O tile must fit in V's bytes");
 

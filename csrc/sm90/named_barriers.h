@@ -12,9 +12,6 @@ enum class NamedBarrier : uint32_t {
   // Epilogue: every consumer finished reading V (O reuses V's bytes) / O is in shared memory for the TMA store.
   kEpilogueSmemFree = 2,
   kEpilogueSmemFull = 3,
-  // Dynamic scheduler: the consumers have read the next-tile slot / the producer has written it.
-  kTileEmpty = 4,
-  kTileFull = 5,
   // Ping-pong: consumer warpgroup w waits on kWarpgroupTurn + w for its turn on the tensor cores.
   kWarpgroupTurn = 6,  // ids 6, 7, 8 for up to three consumer warpgroups
 };

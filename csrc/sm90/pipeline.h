@@ -1,11 +1,14 @@
 // A ring of shared-memory stages filled by TMA and drained by wgmma, synchronised by mbarriers:
-// full[s] completes when the TMA bytes of stage s have landed; empty[s] completes when every consumer warp has
-// finished reading stage s. One producer thread, kNumConsumerWarps consumer warps.
+// full[s] completes when the TMA bytes of stage s have landed; empty[s] completes when every consumer has finished
+// reading stage s. One producer thread; the consumers release a stage per warp (stages only wgmma reads) or per
+// thread (stages their threads also read with ordinary loads).
 #pragma once
 
 #include <cstdint>
 
 #include <cutlass/arch/barrier.h>
+
+#include "sm90/mbarrier.h"
 
 namespace jax_flash::sm90 {
 
@@ -20,6 +23,11 @@ struct PipelineState {
       index = 0;
       phase ^= 1;
     }
+  }
+
+  // The position one step back (a consumer that holds on to a stage for one more step releases it from there).
+  __device__ __forceinline__ PipelineState previous() const {
+    return index == 0 ? PipelineState{kStages - 1, phase ^ 1} : PipelineState{index - 1, phase};
   }
 };
 
@@ -40,10 +48,12 @@ struct TmaPipeline {
   // One thread initialises; the caller fences (fence_barrier_init) and syncs the CTA before first use.
   // `num_producer_arrivals`: arrivals that complete a full barrier besides the TMA bytes (the armer's one, plus
   // producer threads that fill part of a stage with ordinary stores).
-  __device__ __forceinline__ static void init(SharedStorage& s, int num_consumer_warps, int num_producer_arrivals = 1) {
+  // `num_consumer_arrivals`: the consumer warps (consumer_release) or threads (consumer_release_per_thread).
+  __device__ __forceinline__ static void init(SharedStorage& s, int num_consumer_arrivals,
+                                              int num_producer_arrivals = 1) {
     for (int i = 0; i < kStages; ++i) {
       FullBarrier::init(&s.full[i], num_producer_arrivals);
-      EmptyBarrier::init(&s.empty[i], num_consumer_warps);
+      EmptyBarrier::init(&s.empty[i], num_consumer_arrivals);
     }
   }
 
@@ -69,6 +79,14 @@ struct TmaPipeline {
   __device__ __forceinline__ void consumer_release(const State& st) const {
     __syncwarp();
     if (threadIdx.x % 32 == 0) EmptyBarrier::arrive(&storage->empty[st.index]);
+  }
+
+  // Called by every consumer thread once it is done with the stage, for stages its threads also read with ordinary
+  // loads: each thread's own arrive (release) orders its loads before the producer's refill (the wait, acquire),
+  // with no warp-level sync between a lane's loads and another lane's arrive (one that compute-sanitizer's
+  // racecheck cannot follow).
+  __device__ __forceinline__ void consumer_release_per_thread(const State& st) const {
+    mbarrier_arrive(&storage->empty[st.index]);
   }
 };
 

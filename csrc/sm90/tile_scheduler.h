@@ -5,12 +5,16 @@
 // Causal/window problems have tiles of unequal work: a global counter hands out tiles in longest-first order
 // (largest m_block first under the bottom-right-aligned mask), head-batch pairs grouped into sections whose K/V
 // fit in L2. The producer warp fetches the next tile while it loads the current one; it hands the index to the
-// consumers through shared memory before their epilogue.
+// consumers through a shared-memory slot and two mbarriers that the producer's lane 0 and every consumer thread
+// arrive on in every phase (so neither side keeps a parity): full completes once the producer has stored the index
+// (its arrive releases the store), empty once every consumer has loaded it (each thread's arrive releases its load).
 #pragma once
 
 #include <cstdint>
 
-#include "sm90/named_barriers.h"
+#include <cutlass/arch/barrier.h>
+
+#include "sm90/mbarrier.h"
 
 namespace jax_flash::sm90 {
 
@@ -31,10 +35,22 @@ struct TileCoord {
 
 template <int kNumMmaThreads, int kNumProducerThreads>
 struct TileScheduler {
-  static constexpr uint32_t kHandoffThreads = kNumMmaThreads + kNumProducerThreads;
+  // The next-tile slot and its barriers (used by the dynamic schedule only), each with kNumMmaThreads + 1 arrivals.
+  struct SharedStorage {
+    uint64_t full;   // the consumers before their wait; the producer's lane 0 after its store
+    uint64_t empty;  // the consumers after their load (and once at the start); the producer's lane 0 before its wait
+    int next_tile;
+  };
+  static constexpr int kSlotArrivals = kNumMmaThreads + 1;
 
   const SchedulerParams& params;
-  int* next_tile_slot;  // shared memory
+  SharedStorage* slot;
+
+  // One thread initialises; the caller fences (fence_barrier_init) and syncs the CTA before first use.
+  __device__ __forceinline__ static void init(SharedStorage& s) {
+    cutlass::arch::ClusterBarrier::init(&s.full, kSlotArrivals);
+    cutlass::arch::ClusterBarrier::init(&s.empty, kSlotArrivals);
+  }
 
   __device__ __forceinline__ bool dynamic() const { return params.tile_counter != nullptr; }
   __device__ __forceinline__ bool valid(int tile) const { return tile < params.total_tiles; }
@@ -57,33 +73,36 @@ struct TileScheduler {
     return {m_block, head_batch % params.num_heads, head_batch / params.num_heads};
   }
 
-  // Consumers, once before their first tile: the next-tile slot starts empty.
-  __device__ __forceinline__ void consumer_init() const {
-    if (dynamic()) named_barrier_arrive(kHandoffThreads, barrier_id(NamedBarrier::kTileEmpty));
-  }
-
   // Producer warp, during the loads of `tile`: claim the next tile (lane 0 holds the claimed index).
   __device__ __forceinline__ int producer_prefetch(int tile) const {
     if (!dynamic()) return tile + gridDim.x;
     return threadIdx.x % kNumProducerThreads == 0 ? atomicAdd(params.tile_counter, 1) + int(gridDim.x) : 0;
   }
 
+  // Consumers, once before their first tile: the slot starts free.
+  __device__ __forceinline__ void consumer_init() const {
+    if (dynamic()) mbarrier_arrive(&slot->empty);
+  }
+
   // Producer warp: publish the prefetched tile and return it.
   __device__ __forceinline__ int producer_next(int prefetched) const {
     if (!dynamic()) return prefetched;
     const int next = __shfl_sync(0xffffffff, prefetched, 0);
-    named_barrier_sync(kHandoffThreads, barrier_id(NamedBarrier::kTileEmpty));
-    if (threadIdx.x % kNumProducerThreads == 0) *next_tile_slot = next;
-    named_barrier_arrive(kHandoffThreads, barrier_id(NamedBarrier::kTileFull));
+    if (threadIdx.x % kNumProducerThreads == 0) {
+      mbarrier_wait_phase(&slot->empty, mbarrier_arrive_phase(&slot->empty));  // the consumers have read the last
+      slot->next_tile = next;
+      mbarrier_arrive(&slot->full);
+    }
+    __syncwarp();
     return next;
   }
 
   // Consumers: the tile after `tile`.
   __device__ __forceinline__ int consumer_next(int tile) const {
     if (!dynamic()) return tile + gridDim.x;
-    named_barrier_sync(kHandoffThreads, barrier_id(NamedBarrier::kTileFull));
-    const int next = *next_tile_slot;
-    named_barrier_arrive(kHandoffThreads, barrier_id(NamedBarrier::kTileEmpty));
+    mbarrier_wait_phase(&slot->full, mbarrier_arrive_phase(&slot->full));
+    const int next = slot->next_tile;
+    mbarrier_arrive(&slot->empty);
     return next;
   }
 };
