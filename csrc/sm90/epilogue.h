@@ -1,6 +1,5 @@
 // Epilogue of one query tile: O (registers, fp32) -> 16-bit -> shared memory (stmatrix, into V's bytes) -> global
 // memory with one TMA store, which clips rows past Sq and columns past the head dim; lse straight from registers.
-// The store's read of shared memory is waited for only under the next tile's first GEMM (release_smem).
 // Tiles whose rows see no key get o = 0 and lse = -inf with plain stores.
 #pragma once
 
@@ -61,18 +60,10 @@ struct Epilogue {
         auto cta_tma_o = params.tma_o.get_slice(_0{});
         copy(params.tma_o, cta_tma_o.partition_S(sO), cta_tma_o.partition_D(gO));
         tma_store_arrive();
+        tma_store_wait<0>();  // the store has read O out of shared memory
+        cutlass::arch::ClusterBarrier::arrive(&smem.o_read);
       }
       __syncwarp();
-    }
-  }
-
-  // After the store above, before the producer loads the next tile's V into O's bytes (it waits on o_read): the
-  // store thread waits for the TMA store to have read O out of shared memory. Called after the next tile's first
-  // S = Q K^T is issued, so that this warpgroup starts that tile without waiting for the store.
-  __device__ __forceinline__ void release_smem(SharedStorage& smem, int mma_thread_idx) const {
-    if (mma_thread_idx == kStoreWarp * kWarpSize) {
-      tma_store_wait<0>();
-      cutlass::arch::ClusterBarrier::arrive(&smem.o_read);
     }
   }
 

@@ -65,22 +65,16 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     const Epilogue<Traits> epilogue;
     mainloop.init();
     scheduler.consumer_init();
-    bool o_in_smem = false;  // the last stored O may still be in shared memory (its TMA store not yet read it)
     for (int tile = scheduler.initial_tile(); scheduler.valid(tile);) {
       const TileCoord coord = scheduler.coord(tile);
       Tensor tOrO = partition_fragment_C(typename Traits::TiledMmaPV{}, select<0, 1>(typename Traits::TileShapePV{}));
       float lse[MainloopMma<Traits>::kRowsPerThread];
-      auto release_previous_o = [&] {
-        if (o_in_smem) epilogue.release_smem(smem, mma_thread_idx);
-        o_in_smem = false;
-      };
-      const bool has_keys = mainloop.run(params, smem, pipe_k, pipe_v, st, work_idx, coord, mma_thread_idx, tOrO,
-                                         lse, release_previous_o);
+      const bool has_keys =
+          mainloop.run(params, smem, pipe_k, pipe_v, st, work_idx, coord, mma_thread_idx, tOrO, lse);
       // Claim the next tile before the epilogue, so the producer can start loading it meanwhile.
       tile = scheduler.consumer_next(tile);
       if (has_keys) {
         epilogue.store(params, smem, tOrO, lse, coord, mma_thread_idx);
-        o_in_smem = true;
       } else {
         epilogue.store_zero(params, coord, mma_thread_idx);
       }

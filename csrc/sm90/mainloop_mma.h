@@ -62,13 +62,10 @@ struct MainloopMma {
 
   // Computes this thread's part of O (normalised) and lse for the tile. Returns false, touching no barrier and
   // no pipeline stage, when no row of the tile sees a key (the producer loaded nothing for it).
-  // `after_first_issue()` runs once the tile's first S = Q K^T is issued: work that would otherwise hold up this
-  // warpgroup's start of the tile (the previous tile's O store) waits there, under the GEMM.
-  template <class Params, class FragO, class AfterFirstIssue>
+  template <class Params, class FragO>
   __device__ __forceinline__ bool run(const Params& params, SharedStorage& smem, const Pipeline& pipe_k,
                                       const Pipeline& pipe_v, State& st, int& work_idx, const TileCoord& coord,
-                                      int mma_thread_idx, FragO& tOrO, float (&lse)[kRowsPerThread],
-                                      AfterFirstIssue&& after_first_issue) const {
+                                      int mma_thread_idx, FragO& tOrO, float (&lse)[kRowsPerThread]) const {
     const ScoreMask<kBlockM, kBlockN> mask(params.attn, coord.m_block);
     const IndexRange blocks = mask.key_blocks();
     if (blocks.empty()) return false;
@@ -112,7 +109,6 @@ struct MainloopMma {
       wait_turn();
       warpgroup_gemm<-1>(mma_qk, tSrQ, k_stage(st), tSrS, /*zero_init=*/true);
       pass_turn();
-      after_first_issue();
       warpgroup_wait<0>();
       warpgroup_fence_operand(tSrS);
       pipe_k.consumer_release(st);
@@ -159,7 +155,6 @@ struct MainloopMma {
         pipe_k.consumer_wait(st);
         warpgroup_gemm<-1>(mma_qk, tSrQ, k_stage(st), tSrS, /*zero_init=*/true);
         pass_turn();
-        if (first) after_first_issue();
         warpgroup_wait<0>();
         warpgroup_fence_operand(tSrS);
         pipe_k.consumer_release(st);
