@@ -294,7 +294,7 @@ def test_ring_kernels_are_set_up_to_run_beside_the_transfers(rng, monkeypatch):
   mapped = jax.jit(jax.shard_map(
       lambda *xs: _ring_local(attention_fn, *xs), mesh=mesh,
       in_specs=(spec, spec, spec, spec, lse_spec), out_specs=(spec, lse_spec, spec, spec, spec),
-  ), compiler_options=compiler_options)
+  ))
   put = lambda x, s: jax.device_put(x, NamedSharding(mesh, s))
   sharded = (put(q, spec), put(k, spec), put(v, spec), put(dout, spec), put(dlse, lse_spec))
   ring_hlo = mapped.lower(*sharded).compile().as_text()
