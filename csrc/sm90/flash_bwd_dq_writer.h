@@ -51,8 +51,8 @@ struct BwdDqWriter {
           asm volatile("fence.proxy.async.global;" ::: "memory");  // the reduce-add (async proxy) comes after
         }
         Tensor mdQ = params.tma_dq.get_tma_tensor(params.shape_q)(_, _, head, work.batch);
-        Tensor gdQ = local_tile(mdQ, typename Params::TileQ{}, make_coord(m_block, _0{}));
-        Tensor sdQ = make_tensor(make_smem_ptr(Traits::dq_smem(smem, st.index)), typename Traits::SmemLayoutdQ{});
+        Tensor gdQ = local_tile(mdQ, typename Traits::TileDqTma{}, make_coord(m_block, _0{}));
+        Tensor sdQ = make_tensor(make_smem_ptr(Traits::dq_smem(smem, st.index)), typename Traits::SmemLayoutdQTma{});
         copy(params.tma_dq, cta_tma_dq.partition_S(sdQ), cta_tma_dq.partition_D(gdQ));
         tma_store_arrive();
         if (semaphore != nullptr) {

@@ -121,9 +121,23 @@ struct BwdKernelTraits {
   using SmemLayoutdSt = decltype(composition(
       SmemLayoutdS{}, make_layout(Shape<Int<kBlockN>, Int<kBlockM>, Int<kDsStages>>{},
                                   make_stride(Int<kBlockM>{}, _1{}, Int<kBlockM * kBlockN>{}))));
-  // The float32 dQ tile of one query block, swizzled against bank conflicts; the TMA reduce-add reads it.
-  using SmemLayoutdQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<float>{},
-                                              Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  // The float32 dQ tile of one query block [kBlockM, kHeadDim], which the TMA reduce-add reads. The consumers store
+  // their accumulators into it 64 bits at a time: a half-warp writes 8 floats (32 bytes) of each of 4 consecutive
+  // rows. In rows of a multiple of 128 bytes those land in the same 32 bytes of the bank space, and the 128-byte
+  // swizzle spreads the four rows over only half the banks (two wavefronts a store instead of one). Rows padded by
+  // kDqPadColumns floats (32 bytes) put the four rows' 32 bytes side by side in all 32 banks. The TMA box is the
+  // padded row; its padding columns lie past D, so the reduce-add skips them. With kDqInQdOStage the tile must fill
+  // the Q/dO stage exactly, so it keeps the swizzled unpadded layout.
+  static constexpr int kDqPadColumns = kDqInQdOStage ? 0 : 8;
+  static constexpr int kDqRowFloats = kHeadDim + kDqPadColumns;
+  using TileDqTma = Shape<Int<kBlockM>, Int<kDqRowFloats>>;
+  using SmemLayoutdQTma = std::conditional_t<
+      kDqInQdOStage,
+      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<float>{}, Shape<Int<kBlockM>, Int<kHeadDim>>{})),
+      Layout<TileDqTma, Stride<Int<kDqRowFloats>, _1>>>;
+  // The consumers' view: the tile without its padding columns.
+  using SmemLayoutdQ = std::conditional_t<kDqInQdOStage, SmemLayoutdQTma,
+                                          Layout<Shape<Int<kBlockM>, Int<kHeadDim>>, Stride<Int<kDqRowFloats>, _1>>>;
 
   using Pipeline = TmaPipeline<kStages>;
   // The producer warp's 32 lanes also arrive on a Q stage's full barrier, after writing its lse and softmax_d.
@@ -149,7 +163,7 @@ struct BwdKernelTraits {
                        cute::array<Element, 0>>
         p;
     std::conditional_t<kDqInQdOStage, cute::array<float, 0>,
-                       cute::array_aligned<float, cosize_v<SmemLayoutdQ>, kSwizzleAlignment>>
+                       cute::array_aligned<float, cosize_v<SmemLayoutdQTma>, kSwizzleAlignment>>
         dq;
     // Per Q stage: lse * log2(e) of each query row (+inf for rows that see no key or lie past Sq, so P = 0),
     // and softmax_d = rowsum(dO o) - dlse.

@@ -200,9 +200,9 @@ struct BwdMainloop {
       warpgroup_fence_operand(tdQrdQ);
 
       // Every consumer thread has passed its waits (so with kDqInQdOStage neither warpgroup reads the stage any
-      // more), and the dQ warp is done with the previous tile. Swizzled on the offset rather than on the address
-      // bits, so that the dQ stores stay shared-memory stores (the address-bit form turns them into generic
-      // 64-bit stores).
+      // more), and the dQ warp is done with the previous tile. Where the tile is swizzled (kDqInQdOStage), on the
+      // offset rather than on the address bits, so that the dQ stores stay shared-memory stores (the address-bit
+      // form turns them into generic 64-bit stores); elsewhere its rows are padded (Traits::SmemLayoutdQ).
       named_barrier_sync(kDqHandoffThreads, barrier_id(BwdNamedBarrier::kDqEmpty));
       Tensor sdQ = as_position_independent_swizzle_tensor(
           make_tensor(make_smem_ptr(Traits::dq_smem(smem, st.index)), typename Traits::SmemLayoutdQ{}));

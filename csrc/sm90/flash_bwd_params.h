@@ -29,8 +29,8 @@ struct BwdParams {
                                       TileK{}, _1{}));
   using TmadK = decltype(make_tma_copy(SM90_TMA_STORE{}, GmemTensor<Element>{}, typename Traits::SmemLayoutK{},
                                        TileK{}, _1{}));
-  using TmadQ = decltype(make_tma_copy(SM90_TMA_REDUCE_ADD{}, GmemTensor<float>{}, typename Traits::SmemLayoutdQ{},
-                                       TileQ{}, _1{}));
+  using TmadQ = decltype(make_tma_copy(SM90_TMA_REDUCE_ADD{}, GmemTensor<float>{},
+                                       typename Traits::SmemLayoutdQTma{}, typename Traits::TileDqTma{}, _1{}));
 
   TmaQ tma_q;
   TmaQ tma_do;
