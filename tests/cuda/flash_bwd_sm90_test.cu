@@ -9,82 +9,32 @@
 //                               head dims 64, 128, 256 (those this build has)
 //   flash_bwd_sm90_test bench D S C   only head dim D, seqlen S, causal C (0/1) of that grid (for ncu)
 // Exit status 0 only if every check passed.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "common/attention_params.h"
-#include "common/mask.h"
+#include "harness.h"
 #include "sm90/flash_bwd_sm90.h"
 
 using jax_flash::AttentionParams;
 using jax_flash::IndexRange;
 using jax_flash::kUnbounded;
 using jax_flash::sm90::DType;
+using namespace jax_flash::harness;
 
 namespace {
-
-#define CUDA_CHECK(expr)                                                                              \
-  do {                                                                                                \
-    const cudaError_t status_ = (expr);                                                               \
-    if (status_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(status_)); \
-      std::exit(2);                                                                                   \
-    }                                                                                                 \
-  } while (0)
 
 // Relative L2 error bounds of each gradient by dtype (P and dS are rounded to the dtype before their GEMMs).
 constexpr double kMaxRelErrorBf16 = 2e-2;
 constexpr double kMaxRelErrorFp16 = 4e-3;
 // The backward does 2.5 times the forward's matmul FLOPs (five GEMMs against two).
 constexpr double kBackwardFlopFactor = 2.5;
-
-uint16_t to_bits(double x, DType dtype) {
-  uint16_t bits;
-  if (dtype == DType::kBFloat16) {
-    const __nv_bfloat16 h = __float2bfloat16(float(x));
-    std::memcpy(&bits, &h, 2);
-  } else {
-    const __half h = __float2half(float(x));
-    std::memcpy(&bits, &h, 2);
-  }
-  return bits;
-}
-
-double from_bits(uint16_t bits, DType dtype) {
-  if (dtype == DType::kBFloat16) {
-    __nv_bfloat16 h;
-    std::memcpy(&h, &bits, 2);
-    return __bfloat162float(h);
-  }
-  __half h;
-  std::memcpy(&h, &bits, 2);
-  return __half2float(h);
-}
-
-const char* dtype_name(DType d) { return d == DType::kBFloat16 ? "bf16" : "fp16"; }
-
-void parallel_for(int64_t n, const std::function<void(int64_t)>& body) {
-  const int workers = std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::thread> threads;
-  for (int w = 0; w < workers; ++w)
-    threads.emplace_back([&, w] {
-      for (int64_t i = w; i < n; i += workers) body(i);
-    });
-  for (auto& t : threads) t.join();
-}
 
 // One problem on the host: inputs rounded to the dtype (as doubles), the forward outputs o and lse from a float64
 // forward (o rounded to the dtype, as the kernel receives it), and the float64 reference gradients.
@@ -217,13 +167,6 @@ std::vector<uint16_t> bits_of(const std::vector<double>& x, DType dtype) {
 
 std::vector<float> floats_of(const std::vector<double>& x) { return std::vector<float>(x.begin(), x.end()); }
 
-int num_sms() {
-  int device, sms;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
-
 // Device buffers of one problem; the outputs and workspaces start as NaN (0xFF bytes in fp16, bf16 and fp32).
 struct DeviceProblem {
   jax_flash::sm90::BwdBuffers b{};
@@ -266,15 +209,6 @@ struct DeviceProblem {
     CUDA_CHECK(cudaMemset(semaphore, 0xFF, stats_bytes));
   }
 };
-
-std::string describe(const AttentionParams& p, DType dtype) {
-  char buf[256];
-  std::snprintf(buf, sizeof(buf), "%s B%lld Sq%lld Sk%lld Hq%lld Hk%lld D%lld win(%lld,%lld) off%lld cap%g",
-                dtype_name(dtype), (long long)p.batch, (long long)p.seqlen_q, (long long)p.seqlen_k,
-                (long long)p.heads_q, (long long)p.heads_k, (long long)p.head_dim, (long long)p.window_left,
-                (long long)p.window_right, (long long)p.diagonal_offset, p.softcap);
-  return buf;
-}
 
 struct GradError {
   double rel = 0;
@@ -335,44 +269,6 @@ bool check_case(const AttentionParams& p, DType dtype, const char* mode, std::mt
   return passed;
 }
 
-AttentionParams make_params(int64_t b, int64_t sq, int64_t sk, int64_t hq, int64_t hk, int64_t d) {
-  AttentionParams p;
-  p.batch = b;
-  p.seqlen_q = sq;
-  p.seqlen_k = sk;
-  p.heads_q = hq;
-  p.heads_k = hk;
-  p.head_dim = d;
-  p.softmax_scale = float(1.0 / std::sqrt(double(d)));
-  return p;
-}
-
-struct MaskMode {
-  const char* name;
-  int64_t window_left, window_right, diagonal_offset;
-  float softcap;
-};
-constexpr MaskMode kMaskModes[] = {
-    {"none", kUnbounded, kUnbounded, 0, 0.f},
-    {"causal", kUnbounded, 0, 0, 0.f},
-    {"window", 96, 17, 0, 0.f},
-    {"softcap", kUnbounded, kUnbounded, 0, 30.f},
-    {"causal+softcap", kUnbounded, 0, 0, 5.f},
-    {"left-window", 200, kUnbounded, 0, 0.f},
-    {"diagonal-only", 0, 0, 0, 0.f},
-    {"causal-offset", kUnbounded, 0, -150, 0.f},
-    {"causal+offset", kUnbounded, 0, 150, 0.f},
-};
-constexpr int kNumMaskModes = sizeof(kMaskModes) / sizeof(kMaskModes[0]);
-
-AttentionParams with_mode(AttentionParams p, const MaskMode& mode) {
-  p.window_left = mode.window_left;
-  p.window_right = mode.window_right;
-  p.diagonal_offset = mode.diagonal_offset;
-  p.softcap = mode.softcap;
-  return p;
-}
-
 int run_checks(bool quick) {
   std::mt19937_64 rng(20261122);
   const int64_t seqlens[] = {1, 7, 129, 1000};
@@ -387,7 +283,8 @@ int run_checks(bool quick) {
     if (!check_case(p, dtype, name, rng, &worst, deterministic)) ++failures;
   };
   for (DType dtype : dtypes) {
-    for (int64_t d : {64, 128, 256}) {
+    for (int64_t d : head_dims) {
+      // The quick sweep (compute-sanitizer) keeps to the compiled tiles' own head dims.
       if (quick && d != 64 && d != 128 && d != 256) continue;
       for (int64_t sq : seqlens) {
         for (int64_t sk : seqlens) {
@@ -434,27 +331,6 @@ int run_tiny() {
   return failures;
 }
 
-float median_ms(const std::function<cudaError_t()>& launch, int batches, int launches) {
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < launches; ++i) CUDA_CHECK(launch());  // warm-up
-  std::vector<float> times;
-  for (int b = 0; b < batches; ++b) {
-    CUDA_CHECK(cudaEventRecord(start));
-    for (int i = 0; i < launches; ++i) CUDA_CHECK(launch());
-    CUDA_CHECK(cudaEventRecord(stop));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms / launches);
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
 // Backward TFLOP/s on the FlashAttention-3 grid: batch x seqlen = 16k tokens, heads x head_dim = 2048, bf16.
 // Inputs are constant-filled (timing does not depend on values); lse = 0 keeps every P finite. only_d, only_seqlen
 // and only_causal (0 or 1), where >= 0, restrict the grid to one head dim, sequence length or mask (for profilers).
@@ -489,8 +365,7 @@ int run_bench(int64_t only_d, int64_t only_seqlen, int only_causal) {
         const float ms = median_ms(
             [&] { return jax_flash::sm90::run_flash_bwd_sm90(p, DType::kBFloat16, b, sms, nullptr); }, kBatches,
             kLaunchesPerBatch);
-        double flops = kBackwardFlopFactor * 4.0 * double(p.batch) * double(p.heads_q) * double(s) * double(s) * d;
-        if (causal) flops /= 2;
+        const double flops = kBackwardFlopFactor * attention_flops(p, causal);
         std::printf("bench D%lld seqlen %lld %s: %.3f ms  %.1f TFLOP/s\n", (long long)d, (long long)s,
                     causal ? "causal" : "full", ms, flops / ms * 1e-9);
         std::fflush(stdout);

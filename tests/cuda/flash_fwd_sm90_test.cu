@@ -6,10 +6,6 @@
 //   flash_fwd_sm90_test quick   a few small cases (for compute-sanitizer)
 //   flash_fwd_sm90_test time D SEQLEN CAUSAL REPS   one grid shape, REPS timed runs (for profilers)
 // Exit status 0 only if every check passed.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -18,47 +14,23 @@
 #include <functional>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "common/attention_params.h"
-#include "common/mask.h"
-#include "sm90/flash_fwd_sm90.h"
 #include "flash_fwd_sm90_ablation.h"
+#include "harness.h"
 
 using jax_flash::AttentionParams;
 using jax_flash::IndexRange;
 using jax_flash::kUnbounded;
 using jax_flash::sm90::DType;
+using namespace jax_flash::harness;
 
 namespace {
-
-#define CUDA_CHECK(expr)                                                                              \
-  do {                                                                                                \
-    const cudaError_t status_ = (expr);                                                               \
-    if (status_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(status_)); \
-      std::exit(2);                                                                                   \
-    }                                                                                                 \
-  } while (0)
 
 // Relative L2 error bounds of o by dtype (bf16 has 8 mantissa bits, fp16 11), and absolute bound on lse.
 constexpr double kMaxRelErrorBf16 = 1e-2;
 constexpr double kMaxRelErrorFp16 = 3e-3;
 constexpr double kMaxLseError = 2e-3;
-
-float from_bits(uint16_t bits, DType dtype) {
-  if (dtype == DType::kBFloat16) {
-    __nv_bfloat16 h;
-    std::memcpy(&h, &bits, 2);
-    return __bfloat162float(h);
-  }
-  __half h;
-  std::memcpy(&h, &bits, 2);
-  return __half2float(h);
-}
-
-const char* dtype_name(DType d) { return d == DType::kBFloat16 ? "bf16" : "fp16"; }
 
 // Every 16-bit pattern of the dtype as a double: the reference reads inputs through this table.
 std::vector<double> value_table(DType dtype) {
@@ -134,16 +106,6 @@ void reference_row(const AttentionParams& p, const Inputs& in, int64_t b, int64_
   *lse = mx + std::log(sum);
 }
 
-void parallel_for(int64_t n, const std::function<void(int64_t)>& body) {
-  const int workers = std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::thread> threads;
-  for (int w = 0; w < workers; ++w)
-    threads.emplace_back([&, w] {
-      for (int64_t i = w; i < n; i += workers) body(i);
-    });
-  for (auto& t : threads) t.join();
-}
-
 struct DeviceBuffers {
   void *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *workspace = nullptr;
   float* lse = nullptr;
@@ -194,22 +156,6 @@ struct DeviceBuffers {
     CUDA_CHECK(cudaMemset(lse, 0xFF, lse_bytes));
   }
 };
-
-int num_sms() {
-  int device, sms;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
-
-std::string describe(const AttentionParams& p, DType dtype) {
-  char buf[256];
-  std::snprintf(buf, sizeof(buf), "%s B%lld Sq%lld Sk%lld Hq%lld Hk%lld D%lld win(%lld,%lld) off%lld cap%g",
-                dtype_name(dtype), (long long)p.batch, (long long)p.seqlen_q, (long long)p.seqlen_k,
-                (long long)p.heads_q, (long long)p.heads_k, (long long)p.head_dim, (long long)p.window_left,
-                (long long)p.window_right, (long long)p.diagonal_offset, p.softcap);
-  return buf;
-}
 
 struct CheckResult {
   double rel_error = 0, lse_error = 0;
@@ -294,35 +240,6 @@ CheckResult check_fresh(const AttentionParams& p, DType dtype, std::mt19937_64& 
   return check_case(p, dtype, buf, in, rng);
 }
 
-AttentionParams make_params(int64_t b, int64_t sq, int64_t sk, int64_t hq, int64_t hk, int64_t d) {
-  AttentionParams p;
-  p.batch = b;
-  p.seqlen_q = sq;
-  p.seqlen_k = sk;
-  p.heads_q = hq;
-  p.heads_k = hk;
-  p.head_dim = d;
-  p.softmax_scale = float(1.0 / std::sqrt(double(d)));
-  return p;
-}
-
-// Mask modes the sweep cycles through.
-struct MaskMode {
-  const char* name;
-  int64_t window_left, window_right, diagonal_offset;
-  float softcap;
-};
-constexpr MaskMode kMaskModes[] = {
-    {"none", kUnbounded, kUnbounded, 0, 0.f},
-    {"causal", kUnbounded, 0, 0, 0.f},
-    {"window", 96, 17, 0, 0.f},
-    {"softcap", kUnbounded, kUnbounded, 0, 30.f},
-    {"causal+softcap", kUnbounded, 0, 0, 5.f},
-    {"left-window", 200, kUnbounded, 0, 0.f},
-    {"diagonal-only", 0, 0, 0, 0.f},
-    {"causal-offset", kUnbounded, 0, -150, 0.f},
-};
-
 int run_checks(bool quick) {
   std::mt19937_64 rng(20260522);
   const int64_t seqlens[] = {1, 7, 129, 1000};
@@ -347,14 +264,10 @@ int run_checks(bool quick) {
       for (int64_t sq : seqlens) {
         for (int64_t sk : seqlens) {
           if (quick && (sq == 1000 || sk == 1000)) continue;
-          const MaskMode& mode = kMaskModes[mode_cursor++ % (sizeof(kMaskModes) / sizeof(kMaskModes[0]))];
+          const MaskMode& mode = kMaskModes[mode_cursor++ % kNumMaskModes];
           const int64_t g = groups[group_cursor++ % 3];
           const int64_t hk = 1 + (sq + sk) % 2, batch = 1 + (sq * 3 + sk) % 2;
-          AttentionParams p = make_params(batch, sq, sk, hk * g, hk, d);
-          p.window_left = mode.window_left;
-          p.window_right = mode.window_right;
-          p.diagonal_offset = mode.diagonal_offset;
-          p.softcap = mode.softcap;
+          const AttentionParams p = with_mode(make_params(batch, sq, sk, hk * g, hk, d), mode);
           report(p, dtype, mode.name, check_fresh(p, dtype, rng));
         }
       }
@@ -363,11 +276,7 @@ int run_checks(bool quick) {
     for (int64_t d : {64, 128, 40, 96}) {
       if (quick) continue;
       for (const MaskMode& mode : kMaskModes) {
-        AttentionParams p = make_params(1, 1100, 1300, 4, 2, d);
-        p.window_left = mode.window_left;
-        p.window_right = mode.window_right;
-        p.diagonal_offset = mode.diagonal_offset;
-        p.softcap = mode.softcap;
+        const AttentionParams p = with_mode(make_params(1, 1100, 1300, 4, 2, d), mode);
         report(p, dtype, mode.name, check_fresh(p, dtype, rng));
       }
     }
@@ -380,35 +289,6 @@ int run_checks(bool quick) {
   std::printf("checks: %d cases, %d failed; worst rel_err bf16 %.2e fp16 %.2e; worst lse_err %.2e\n", cases,
               failures, worst_rel[0], worst_rel[1], worst_lse);
   return failures;
-}
-
-// Time per launch in ms: the median over `batches` batches of `launches` back-to-back launches, each batch timed
-// with CUDA events (back-to-back launches keep the host's launch overhead out of the kernel time, as a jitted
-// JAX loop or triton's do_bench would).
-float median_ms(const std::function<cudaError_t()>& launch, int batches, int launches) {
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < launches; ++i) CUDA_CHECK(launch());  // warm-up
-  std::vector<float> times;
-  for (int b = 0; b < batches; ++b) {
-    CUDA_CHECK(cudaEventRecord(start));
-    for (int i = 0; i < launches; ++i) CUDA_CHECK(launch());
-    CUDA_CHECK(cudaEventRecord(stop));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms / launches);
-  }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
-double attention_flops(const AttentionParams& p, bool causal) {
-  const double f = 4.0 * double(p.batch) * double(p.heads_q) * double(p.seqlen_q) * double(p.seqlen_k) * double(p.head_dim);
-  return causal ? f / 2 : f;
 }
 
 // The FlashAttention-3 paper's ablation shape, with and without ping-pong and the intra-warpgroup overlap.
