@@ -46,6 +46,24 @@ __device__ __forceinline__ void atomic_add_tile(Global&& gAcc, const Acc& acc, c
     const DqSlot to = warp_coalesced_slot(r, c);
     shift[chunk] = (to.row - r) * row_stride + (to.col - c);
   }
+  // One 16-byte atomic: the thread's 4 values of row half h of atom (m, n) and of its partner atom n + 1.
+  auto add_coalesced = [&](int h, int m, int n, int col) {
+    float* at = &gAcc(2 * h, m, n) + shift[(col / kDqChunkCols) % 2];
+    atomic_add4(at, acc(2 * h, m, n), acc(2 * h + 1, m, n), acc(2 * h, m, n + 1), acc(2 * h + 1, m, n + 1));
+  };
+  // Whole tiles (every tile but the last of a sequence, at an instantiated head dim) take one branch to a loop with
+  // no per-entry bounds tests.
+  if (full_tile) {
+    CUTE_UNROLL
+    for (int m = 0; m < size<1>(acc); ++m) {
+      CUTE_UNROLL
+      for (int n = 0; n < size<2>(acc); n += 2) {
+        CUTE_UNROLL
+        for (int h = 0; h < 2; ++h) add_coalesced(h, m, n, get<1>(coords(2 * h, m, n)));
+      }
+    }
+    return;
+  }
   CUTE_UNROLL
   for (int m = 0; m < size<1>(acc); ++m) {
     CUTE_UNROLL
@@ -54,9 +72,8 @@ __device__ __forceinline__ void atomic_add_tile(Global&& gAcc, const Acc& acc, c
       for (int h = 0; h < 2; ++h) {
         const int row = get<0>(coords(2 * h, m, n));
         const int col = get<1>(coords(2 * h, m, n));  // chunk start + 2t
-        if (full_tile || dq_block_is_full(row, col, valid_rows, valid_cols)) {
-          float* at = &gAcc(2 * h, m, n) + shift[(col / kDqChunkCols) % 2];
-          atomic_add4(at, acc(2 * h, m, n), acc(2 * h + 1, m, n), acc(2 * h, m, n + 1), acc(2 * h + 1, m, n + 1));
+        if (dq_block_is_full(row, col, valid_rows, valid_cols)) {
+          add_coalesced(h, m, n, col);
         } else if (row < valid_rows) {  // a block cut by the end of the sequence or head dim: natural order
           CUTE_UNROLL
           for (int half = 0; half < 2; ++half) {
