@@ -6,11 +6,12 @@ launch per head dim:
 
   ncu --kernel-name regex:backward_kernel --launch-count 2 python3 tests/cuda/bwd_profile_target.py jax_flash
   ncu --kernel-name regex:flash_bwd_dq_dk_dv --launch-count 2 python3 tests/cuda/bwd_profile_target.py fa2
-  ncu --kernel-name regex:FlashAttnBwdSm90 --launch-count 1 \
+  ncu --kernel-name-base demangled --kernel-name regex:FlashAttnBwdSm90 --launch-count 1 \
       python3 tests/cuda/bwd_profile_target.py flash_attn3_jax --causal --head-dims 128
 """
 
 import argparse
+import functools
 
 TOKENS, HIDDEN = 16384, 2048
 
@@ -29,16 +30,12 @@ def run_jax(attention, seqlen, head_dims):
 
 
 def run_jax_flash(seqlen, head_dims, causal):
-  import functools
-
   import jax_flash
 
   run_jax(functools.partial(jax_flash.attention, causal=causal), seqlen, head_dims)
 
 
 def run_flash_attn3_jax(seqlen, head_dims, causal):
-  import functools
-
   import flash_attn3_jax
 
   run_jax(functools.partial(flash_attn3_jax.flash_mha, is_causal=causal), seqlen, head_dims)
